@@ -1,0 +1,109 @@
+"""The encoder stage: frame -> preprocessing on the device -> encoder -> FeatureResult."""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Deque, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..models.registry import create_model
+from .config import VisionConfig
+from .device import ComputeTarget, resolve_target
+from .errors import ModelError
+from .frames import FeatureResult, RgbdFrame
+from .preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc)
+
+
+class EncoderPipeline:
+    """Builds the configured encoder once and turns frames into feature results."""
+
+    def __init__(self, backbone: str, output_dim: int, weights: str,
+                 input_hw: Tuple[int, int], target: ComputeTarget, num_threads: int = 0) -> None:
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        self.backbone = backbone
+        self.target = target
+        self.input_hw = input_hw
+        try:
+            encoder = create_model(backbone, output_dim=output_dim, weights=weights)
+            encoder = encoder.eval().to(target.device)
+            if target.channels_last:
+                encoder = encoder.to(memory_format=torch.channels_last)
+        except RuntimeError as exc:
+            if _is_oom(exc):
+                raise ModelError(f"out of memory on {target.device} while loading encoder "
+                                 f"'{backbone}' ({input_hw[0]}x{input_hw[1]})") from exc
+            raise
+        self.encoder = encoder
+        self.output_dim = int(encoder.output_dim)
+        self.preprocess = Preprocessor(input_hw, encoder.mean, encoder.std, target.device,
+                                       dtype=torch.float32, channels_last=target.channels_last)
+        window = int(getattr(encoder, "temporal_window", 0) or 0)
+        self._history: Deque[torch.Tensor] = deque(maxlen=max(window, 1))
+        self._uses_history = window > 0 and hasattr(encoder, "frame_embedding")
+
+    @classmethod
+    def from_config(cls, cfg: VisionConfig) -> "EncoderPipeline":
+        target = resolve_target(cfg.device, cfg.precision)
+        return cls(cfg.backbone, cfg.output_dim, cfg.weights, cfg.input_size, target,
+                   cfg.num_threads)
+
+    def reset(self) -> None:
+        """Forget temporal context (after a stamp reset)."""
+        self._history.clear()
+
+    def _autocast(self):
+        dtype = self.target.autocast_dtype
+        return torch.autocast(self.target.device.type, dtype=dtype, enabled=dtype is not None)
+
+    @torch.inference_mode()
+    def process(self, frame: RgbdFrame) -> FeatureResult:
+        """Encode one frame. Raises ModelError (for example out of memory)."""
+        t0 = time.perf_counter()
+        try:
+            x = self.preprocess(frame.rgb)
+            depth = None
+            if self.encoder.uses_depth and frame.depth_m is not None:
+                depth = self.preprocess.depth(frame.depth_m)
+            t1 = time.perf_counter()
+            with self._autocast():
+                kwargs = {}
+                if self._uses_history and self._history:
+                    kwargs["history"] = torch.stack(list(self._history), dim=1)
+                out = self.encoder.encode(x, depth, **kwargs)
+                if self._uses_history:
+                    self._history.append(self.encoder.frame_embedding(x, depth).detach())
+            # One device->host copy for everything that is published.
+            table = torch.cat([out.pooled[:1], out.tokens[0]], dim=0).float().cpu().numpy()
+        except RuntimeError as exc:
+            if _is_oom(exc):
+                torch.cuda.empty_cache()
+                raise ModelError(f"out of memory on {self.target.device} running "
+                                 f"'{self.backbone}'") from exc
+            raise
+        t2 = time.perf_counter()
+        uv = out.token_uv.float().cpu().numpy()
+        uv_px = uv * np.array([frame.width, frame.height], dtype=np.float32)
+        return FeatureResult(
+            stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, backbone=self.backbone,
+            pooled=np.ascontiguousarray(table[0]), tokens=table[1:],
+            token_uv_px=uv_px.astype(np.float32),
+            token_level=out.token_level.cpu().numpy().astype(np.uint32),
+            timings_ms={"preprocess_ms": (t1 - t0) * 1e3, "encoder_ms": (t2 - t1) * 1e3})
+
+    def warmup(self, iterations: int = 2) -> None:
+        """Run a few black frames so the first real frame is not slow."""
+        h, w = self.input_hw
+        blank = RgbdFrame(rgb=np.zeros((h, w, 3), np.uint8), stamp_ns=0)
+        for _ in range(iterations):
+            self.process(blank)
+        self.reset()

@@ -1,0 +1,99 @@
+"""Frames from a video file, an image folder or a camera device (OpenCV), as RGB."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import cv2
+import numpy as np
+import yaml
+
+from .errors import ConfigError, InputError
+from .frames import CameraIntrinsics
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class VideoSource:
+    """Sequential RGB frames from ``spec``: a video path, a folder of images, or a device index.
+
+    ``read()`` returns ``[H, W, 3]`` uint8 RGB or None at the end; ``rewind()``
+    starts again (not possible for a live device).
+    """
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._files: List[Path] = []
+        self._index = 0
+        self._cap: Optional[cv2.VideoCapture] = None
+        path = Path(spec)
+        if spec.isdigit():
+            self._cap = cv2.VideoCapture(int(spec))
+            if not self._cap.isOpened():
+                raise ConfigError(f"cannot open camera device {spec}")
+        elif path.is_dir():
+            self._files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self._files:
+                raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+        elif path.is_file():
+            self._cap = cv2.VideoCapture(str(path))
+            if not self._cap.isOpened():
+                raise ConfigError(f"OpenCV cannot open video {path}")
+        else:
+            raise ConfigError(f"video source {spec!r} is neither a file, a folder nor a "
+                              "device index")
+        first = self._peek()
+        self.height, self.width = first.shape[:2]
+        fps = self._cap.get(cv2.CAP_PROP_FPS) if self._cap is not None else 0.0
+        self.fps = float(fps) if fps and math.isfinite(fps) and fps > 0 else 30.0
+
+    def _peek(self) -> np.ndarray:
+        frame = self.read()
+        if frame is None:
+            raise ConfigError(f"video source {self.spec!r} has no readable frame")
+        self.rewind()
+        return frame
+
+    def __len__(self) -> int:
+        if self._files:
+            return len(self._files)
+        return int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if self._cap is not None else 0
+
+    def read(self) -> Optional[np.ndarray]:
+        """Next frame as RGB, or None at the end."""
+        if self._files:
+            if self._index >= len(self._files):
+                return None
+            path = self._files[self._index]
+            self._index += 1
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise InputError(f"cannot decode image {path}", reason="bad_image")
+        else:
+            ok, bgr = self._cap.read()
+            if not ok:
+                return None
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def rewind(self) -> None:
+        self._index = 0
+        if self._cap is not None:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+
+
+def pinhole_guess(width: int, height: int, hfov_deg: float = 60.0) -> CameraIntrinsics:
+    """Intrinsics of an ideal pinhole with the given horizontal field of view."""
+    f = (width / 2) / math.tan(math.radians(hfov_deg) / 2)
+    return CameraIntrinsics(f, f, (width - 1) / 2, (height - 1) / 2, width, height)
+
+
+def load_camera_info_yaml(path: str) -> CameraIntrinsics:
+    """Intrinsics from a ROS ``camera_calibration`` YAML (camera_matrix, image size)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        k = data["camera_matrix"]["data"]
+        return CameraIntrinsics(float(k[0]), float(k[4]), float(k[2]), float(k[5]),
+                                int(data["image_width"]), int(data["image_height"]))
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot read camera calibration {path}: {exc!r}") from exc

@@ -1,0 +1,99 @@
+"""``video_camera``: publish a video file, an image folder or a camera device as a camera.
+
+Publishes ``camera/color/image_raw`` (rgb8) and ``camera/color/camera_info``
+at the file's rate or ``rate_hz``, looping or once. Camera info comes from a
+ROS calibration YAML (``camera_info_file``) or a pinhole guess
+(60 degree horizontal field of view) when none is given.
+Parameters: ``source`` (path or device index), ``rate_hz`` (0 = the file's
+rate), ``loop``, ``frame_id``, ``camera_info_file``.
+"""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from ..core.errors import ConfigError, InputError
+from ..core.video_source import VideoSource, load_camera_info_yaml, pinhole_guess
+from .conversions import rgb_to_image_msg
+from .qos import keep_last
+
+
+class VideoCamera(Node):
+    """Publishes frames of a :class:`VideoSource` on a timer."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("video_camera", **kwargs)
+        source = self.declare_parameter("source", "").value
+        rate_hz = float(self.declare_parameter("rate_hz", 0.0).value)
+        self._loop = bool(self.declare_parameter("loop", True).value)
+        self._frame_id = self.declare_parameter("frame_id", "camera_color_optical_frame").value
+        info_file = self.declare_parameter("camera_info_file", "").value
+        if not source:
+            raise ConfigError("parameter 'source' is empty: give a video file, an image folder "
+                              "or a camera device index")
+        self._source = VideoSource(source)
+        rate = rate_hz if rate_hz > 0 else self._source.fps
+        if not rate > 0:
+            raise ConfigError(f"rate_hz must be > 0 (the source reports {self._source.fps})")
+        k = (load_camera_info_yaml(info_file) if info_file
+             else pinhole_guess(self._source.width, self._source.height))
+        self._info = CameraInfo(width=k.width, height=k.height, distortion_model="plumb_bob")
+        self._info.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
+        self._info.p = [k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        self._info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        self._info.d = [0.0] * 5
+        qos = keep_last("reliable", 1)
+        self._rgb_pub = self.create_publisher(Image, "camera/color/image_raw", qos)
+        self._info_pub = self.create_publisher(CameraInfo, "camera/color/camera_info", qos)
+        self.published = 0
+        self._timer = self.create_timer(1.0 / rate, self._tick)
+        self.get_logger().info(f"video camera: {source} ({self._source.width}x"
+                               f"{self._source.height}) at {rate:g} Hz, loop={self._loop}")
+
+    def _tick(self) -> None:
+        try:
+            rgb = self._source.read()
+        except InputError as exc:
+            self.get_logger().warning(f"skipping unreadable frame: {exc}")
+            return
+        if rgb is None:
+            if not self._loop:
+                self.get_logger().info(f"end of source after {self.published} frames")
+                self._timer.cancel()
+                return
+            self._source.rewind()
+            return
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id)
+        self._info.header = header
+        self._rgb_pub.publish(rgb_to_image_msg(rgb, header))
+        self._info_pub.publish(self._info)
+        self.published += 1
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """Entry point of ``ros2 run robot_vision_ros video_camera --ros-args -p source:=FILE``."""
+    rclpy.init(args=args)
+    try:
+        node = VideoCamera()
+    except (ConfigError, InputError) as exc:
+        print(f"video_camera: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

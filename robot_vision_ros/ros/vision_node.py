@@ -1,0 +1,312 @@
+"""``vision_node``: the lifecycle node that turns an RGB-D stream into features.
+
+The ROS edge only: parameters, QoS, subscriptions, message conversion and
+publishing. Scheduling, accounting and the models live in ``core`` and
+``models``. Camera callbacks store the newest frame and return; an inference
+thread processes it (see ``core.runner``).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Float32MultiArray, Header
+
+from ..core.config import SPECS, VisionConfig, check_value, validate
+from ..core.errors import InputError, VisionError
+from ..core.frames import CameraIntrinsics, FeatureResult, RgbdFrame
+from ..core.image_codec import align_depth_to_rgb
+from ..core.pipeline import EncoderPipeline
+from ..core.runner import InferenceWorker
+from ..core.scheduler import FrameSkipper, FrameSync, PendingFrame
+from ..core.stats import FrameStats
+from .conversions import (feature_table_to_pointcloud2, features_to_multiarray,
+                          image_msg_to_depth_m, image_msg_to_rgb, ns_to_stamp, stamp_to_ns)
+from .params import declare_all, read_all
+from .qos import keep_last
+
+#: Frames not processed, by reason (the others are counted as events).
+_SKIP_EVENTS = {"busy", "out_of_order"}
+
+
+class VisionNode(LifecycleNode):
+    """Lifecycle node ``vision``: configure builds the model, activate starts the stream."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("vision", **kwargs)
+        self._param_errors = declare_all(self)
+        self._cfg: Optional[VisionConfig] = None
+        self._pipeline: Optional[EncoderPipeline] = None
+        self._worker: Optional[InferenceWorker] = None
+        self._sync: Optional[FrameSync] = None
+        self._skipper: Optional[FrameSkipper] = None
+        self._stats = FrameStats()
+        self._intrinsics: Optional[CameraIntrinsics] = None
+        self._subs: List[Any] = []
+        self._pubs: Dict[str, Any] = {}
+        self._diag_pub = None
+        self._diag_timer = None
+        self._last_warn: Dict[str, float] = {}
+        self._active = False
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # -- lifecycle ------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        log = self.get_logger()
+        if self._param_errors:
+            log.error("rejected parameter values: " + "; ".join(self._param_errors))
+            return TransitionCallbackReturn.FAILURE
+        try:
+            cfg = validate(read_all(self))
+            log.info(f"loading encoder '{cfg.backbone}' (weights={cfg.weights or 'random'}, "
+                     f"device={cfg.device}, precision={cfg.precision}, "
+                     f"input={cfg.input_size[0]}x{cfg.input_size[1]})")
+            pipeline = EncoderPipeline.from_config(cfg)
+            pipeline.warmup()
+        except VisionError as exc:
+            log.error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._cfg, self._pipeline = cfg, pipeline
+        out_qos = keep_last(cfg.qos_output_reliability, cfg.qos_output_depth)
+        self._pubs = {
+            "features": self.create_lifecycle_publisher(Float32MultiArray, "~/features", out_qos),
+            "tokens": self.create_lifecycle_publisher(PointCloud2, "~/features/tokens", out_qos),
+        }
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)
+        log.info(f"configured: {cfg.backbone} -> {pipeline.output_dim} floats on "
+                 f"{pipeline.target.device} ({pipeline.target.precision})")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        cfg = self._cfg
+        self._stats = FrameStats()
+        self._skipper = FrameSkipper(cfg.target_fps, cfg.skip_frames)
+        self._sync = FrameSync(cfg.sync_slop_s, cfg.sync_depth_wait_s, cfg.sync_use_depth,
+                               on_event=self._on_sync_event)
+        self._worker = InferenceWorker(self._sync, self._decode, self._pipeline.process,
+                                       self._publish, self._stats, self._warn,
+                                       clock_ns=lambda: self.get_clock().now().nanoseconds)
+        in_qos = keep_last(cfg.qos_image_reliability, cfg.qos_image_depth)
+        self._subs = [
+            self.create_subscription(Image, "camera/color/image_raw", self._on_rgb, in_qos),
+            self.create_subscription(CameraInfo, "camera/color/camera_info", self._on_info,
+                                     in_qos),
+        ]
+        if cfg.sync_use_depth:
+            self._subs.append(self.create_subscription(Image, "camera/depth/image_raw",
+                                                       self._on_depth, in_qos))
+        self._worker.start()
+        self._active = True
+        self.get_logger().info("active: waiting for camera/color/image_raw")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_stream()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_stream()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_stream()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_stream(self) -> None:
+        self._active = False
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+
+    def _release(self) -> None:
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+            self._diag_pub = None
+        self._pipeline = None
+
+    # -- parameters -----------------------------------------------------------
+    def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
+        changes: Dict[str, Any] = {}
+        for p in params:
+            spec = SPECS.get(p.name)
+            if spec is None:
+                continue
+            value = list(p.value) if isinstance(spec.default, list) else p.value
+            reason = check_value(p.name, value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            if self._active and not spec.dynamic:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"{p.name} cannot change while active: deactivate, cleanup, set it, "
+                           "configure, activate")
+            changes[p.name] = value
+        if self._cfg is not None and changes:
+            try:
+                new_cfg = self._cfg.replace(**changes)
+            except VisionError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+            if self._active:
+                self._apply_live(new_cfg)
+            self._cfg = new_cfg
+        return SetParametersResult(successful=True)
+
+    def _apply_live(self, cfg: VisionConfig) -> None:
+        if self._skipper is not None:
+            self._skipper.configure(cfg.target_fps, cfg.skip_frames)
+        if self._sync is not None:
+            self._sync.set_timing(cfg.sync_slop_s, cfg.sync_depth_wait_s)
+
+    # -- input ------------------------------------------------------------------
+    def _on_rgb(self, msg: Image) -> None:
+        self._stats.count("received")
+        stamp = stamp_to_ns(msg.header.stamp)
+        if not self._skipper.admit(stamp):
+            self._stats.skip("rate")
+            return
+        self._sync.put_rgb(msg, stamp)
+
+    def _on_depth(self, msg: Image) -> None:
+        self._stats.count("depth_received")
+        self._sync.put_depth(msg, stamp_to_ns(msg.header.stamp))
+
+    def _on_info(self, msg: CameraInfo) -> None:
+        if msg.k[0] > 0 and msg.width > 0 and msg.height > 0:
+            self._intrinsics = CameraIntrinsics(msg.k[0], msg.k[4], msg.k[2], msg.k[5],
+                                                msg.width, msg.height)
+
+    def _on_sync_event(self, reason: str) -> None:
+        if reason in _SKIP_EVENTS:
+            self._stats.skip(reason)
+        else:
+            self._stats.count(reason)
+            if reason == "stamp_reset":
+                self._skipper.reset()
+                if self._pipeline is not None:
+                    self._pipeline.reset()
+                self._warn("input stamps jumped backwards: scheduler reset", key=reason)
+
+    def _decode(self, pending: PendingFrame) -> RgbdFrame:
+        """Runs on the worker thread: message -> numpy (InputError on bad input)."""
+        cfg = self._cfg
+        msg: Image = pending.rgb
+        rgb = image_msg_to_rgb(msg)
+        depth_m = None
+        if pending.depth is not None:
+            try:
+                depth_m = align_depth_to_rgb(
+                    image_msg_to_depth_m(pending.depth, cfg.depth_min_m, cfg.depth_max_m),
+                    rgb.shape[:2])
+            except InputError as exc:
+                # A bad depth image does not cost the colour frame its features.
+                self._stats.count(f"depth_{exc.reason}")
+                self._warn(f"ignoring depth of frame {pending.stamp_ns}: {exc}", key=exc.reason)
+        return RgbdFrame(rgb=rgb, stamp_ns=pending.stamp_ns, frame_id=msg.header.frame_id,
+                         depth_m=depth_m, intrinsics=self._intrinsics)
+
+    # -- output -----------------------------------------------------------------
+    def _publish(self, result: FeatureResult, frame: RgbdFrame) -> None:
+        self._pubs["features"].publish(features_to_multiarray(result.pooled, result.backbone))
+        if self._cfg.publish_tokens:
+            header = frame_header(result)
+            self._pubs["tokens"].publish(feature_table_to_pointcloud2(
+                result.pooled, result.tokens, result.token_uv_px, result.token_level, header))
+
+    def _warn(self, text: str, key: str = "") -> None:
+        """Log a warning at most every 2 s per kind, so bad streams do not flood the log."""
+        key = key or text.split(":")[-1][:40]
+        now = time.monotonic()
+        if now - self._last_warn.get(key, -1e9) >= 2.0:
+            self._last_warn[key] = now
+            self.get_logger().warning(text)
+
+    def _publish_diagnostics(self) -> None:
+        cfg = self._cfg
+        if cfg is None or self._diag_pub is None:
+            return
+        snap = self._stats.snapshot()
+        level, message = DiagnosticStatus.OK, "ok"
+        since = self._stats.seconds_since_input()
+        if not self._active:
+            level, message = DiagnosticStatus.WARN, "inactive"
+        elif since is None or since > cfg.diagnostics_stale_s:
+            level, message = DiagnosticStatus.WARN, "no camera frames"
+        elif self._worker is None or not self._worker.running:
+            level, message = DiagnosticStatus.ERROR, "inference worker stopped"
+        else:
+            expected = min(cfg.target_fps, snap["input_rate_hz"])
+            if snap["output_rate_hz"] < 0.9 * expected:
+                level = DiagnosticStatus.WARN
+                message = (f"output {snap['output_rate_hz']:.1f} Hz below "
+                           f"{expected:.1f} Hz")
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline",
+                                  message=message,
+                                  hardware_id=str(self._pipeline.target.device)
+                                  if self._pipeline else "")
+        values = {"backbone": cfg.backbone, "device": cfg.device, "precision": cfg.precision,
+                  "target_fps": f"{cfg.target_fps:g}", "skip_frames": str(cfg.skip_frames)}
+        values.update({k: f"{v:.3f}" for k, v in sorted(snap.items())})
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+    def log_summary(self) -> None:
+        """Frame accounting, logged at shutdown."""
+        items = ", ".join(f"{k}={v}" for k, v in self._stats.summary_items())
+        self.get_logger().info(f"frame accounting: {items}")
+
+
+def frame_header(result: FeatureResult) -> Header:
+    """std_msgs/Header with the source frame's stamp and frame id."""
+    return Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """Entry point of ``ros2 run robot_vision_ros vision_node``."""
+    rclpy.init(args=args)
+    node = VisionNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.log_summary()
+        node._stop_stream()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line tools: ``python -m robot_vision_ros.tools.NAME``."""
