@@ -5,7 +5,6 @@ import time
 import numpy as np
 import pytest
 import rclpy
-from rcl_interfaces.msg import ParameterType, ParameterValue
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -13,7 +12,6 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, Header
 
 from robot_vision_ros.ros.conversions import depth_m_to_image_msg, rgb_to_image_msg
-from robot_vision_ros.ros.processes import stop
 
 from ros_probe import Probe, listen_diagnostics, running, wait_for_log
 

@@ -63,6 +63,14 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("input_size", [224, 224],
               "Encoder input [height, width] in pixels, multiples of 32; frames are resized to it.",
               min=32, max=2048, length=2),
+    ParamSpec("backend", "torch",
+              "Inference engine of the encoder: torch, or onnxruntime (exported at configure "
+              "with torch.onnx.export; CUDA provider when the device is CUDA).",
+              choices=("torch", "onnxruntime")),
+    ParamSpec("compile", "none",
+              "torch.compile mode for the encoder (backend torch): none, default, "
+              "reduce-overhead or max-autotune. Compiling takes a while at configure.",
+              choices=("none", "default", "reduce-overhead", "max-autotune")),
     ParamSpec("num_threads", 0,
               "torch intra-op CPU threads; 0 = torch's default.", min=0, max=256),
     ParamSpec("target_fps", 30.0,
@@ -74,6 +82,19 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               min=0, max=1000, dynamic=True),
     ParamSpec("publish_tokens", True,
               "Publish the stamped token table on features/tokens.", dynamic=True),
+    ParamSpec("rgbd.rgb_backbone", "mobilenet_v3_small",
+              "rgbd_hybrid only: the RGB encoder inside the hybrid."),
+    ParamSpec("rgbd.rgb_weights", "",
+              "rgbd_hybrid only: weights of the RGB encoder ('', 'imagenet' or a file); "
+              "'weights' then loads a whole trained hybrid on top."),
+    ParamSpec("rgbd.use_depth", True, "rgbd_hybrid only: encode the depth image too."),
+    ParamSpec("rgbd.use_temporal", False,
+              "rgbd_hybrid only: an LSTM over the embeddings of recent frames."),
+    ParamSpec("rgbd.temporal_window", 8,
+              "rgbd_hybrid only: frames the LSTM sees (this one included).", min=2, max=64),
+    ParamSpec("rgbd.num_slots", 0,
+              "rgbd_hybrid only: object slots (slot attention) published as extra tokens; "
+              "0 = none.", min=0, max=64),
     ParamSpec("depth.min_m", 0.1,
               "Sensor depth below this (metres) is unknown.", min=0.0, max=100.0, dynamic=True),
     ParamSpec("depth.max_m", 10.0,
@@ -98,6 +119,9 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "History depth of the output publishers (keep-last).", min=1, max=100),
     ParamSpec("diagnostics.period_s", 1.0,
               "Period of /diagnostics messages.", min=0.1, max=60.0),
+    ParamSpec("diagnostics.max_age_ms", 250.0,
+              "Capture-to-publish age (p99, milliseconds) above which diagnostics warn.",
+              min=1.0, max=60000.0, dynamic=True),
     ParamSpec("diagnostics.stale_s", 1.0,
               "No frame for this long is a 'camera stopped' warning.", min=0.1, max=60.0,
               dynamic=True),
@@ -119,10 +143,18 @@ class VisionConfig:
     device: str
     precision: str
     input_size: Tuple[int, int]
+    backend: str
+    compile: str
     num_threads: int
     target_fps: float
     skip_frames: int
     publish_tokens: bool
+    rgbd_rgb_backbone: str
+    rgbd_rgb_weights: str
+    rgbd_use_depth: bool
+    rgbd_use_temporal: bool
+    rgbd_temporal_window: int
+    rgbd_num_slots: int
     depth_min_m: float
     depth_max_m: float
     sync_slop_s: float
@@ -133,7 +165,16 @@ class VisionConfig:
     qos_output_reliability: str
     qos_output_depth: int
     diagnostics_period_s: float
+    diagnostics_max_age_ms: float
     diagnostics_stale_s: float
+
+    def encoder_options(self) -> Dict[str, Any]:
+        """Extra factory arguments of the chosen backbone."""
+        if self.backbone != "rgbd_hybrid":
+            return {}
+        return {"rgb_backbone": self.rgbd_rgb_backbone, "rgb_weights": self.rgbd_rgb_weights,
+                "use_depth": self.rgbd_use_depth, "use_temporal": self.rgbd_use_temporal,
+                "temporal_window": self.rgbd_temporal_window, "num_slots": self.rgbd_num_slots}
 
     def to_params(self) -> Dict[str, Any]:
         """Back to ``{ros_name: value}``."""
@@ -216,6 +257,11 @@ def _cross_checks(values: Mapping[str, Any]) -> List[str]:
         known = list_models("encoder")
         if backbone not in known:
             reasons.append(f"backbone={backbone!r}: unknown encoder; known: {', '.join(known)}")
+        inner = values["rgbd.rgb_backbone"]
+        if backbone == "rgbd_hybrid" and isinstance(inner, str) and (
+                inner not in known or inner == "rgbd_hybrid"):
+            reasons.append(f"rgbd.rgb_backbone={inner!r}: must be an RGB encoder; known: "
+                           f"{', '.join(k for k in known if k != 'rgbd_hybrid')}")
     return reasons
 
 
@@ -265,3 +311,43 @@ def load_yaml(path: str | Path, node_name: str = "vision") -> Dict[str, Any]:
 def field_names() -> List[str]:
     """VisionConfig attribute names (for consistency checks)."""
     return [f.name for f in fields(VisionConfig)]
+
+
+def render_yaml(node_name: str = "vision") -> str:
+    """The params file for every parameter: default value and a comment per key.
+
+    ``config/vision.yaml`` is this text (a test keeps them equal); regenerate it
+    with ``python -m robot_vision_ros.tools.params_yaml > config/vision.yaml``.
+    """
+    import textwrap
+
+    lines = ["# robot_vision_ros: parameters of the `vision` node "
+             "(ros2 launch robot_vision_ros vision.launch.py).",
+             "# Generated from robot_vision_ros/core/config.py (python -m "
+             "robot_vision_ros.tools.params_yaml).",
+             "# Keys marked 'live' can change at run time (ros2 param set /vision KEY VALUE);",
+             "# the others take effect on the next lifecycle configure (deactivate, cleanup,",
+             "# configure, activate) without restarting the process.",
+             f"{node_name}:", "  ros__parameters:"]
+    group = None
+    for spec in PARAMETERS:
+        *parent, key = spec.name.split(".")
+        if parent and parent[0] != group:
+            lines.append(f"    {parent[0]}:")
+        group = parent[0] if parent else None
+        indent = "      " if parent else "    "
+        notes = []
+        if spec.choices:
+            notes.append("one of: " + ", ".join(map(str, spec.choices)))
+        if spec.min is not None:
+            notes.append(f"range {spec.min:g}..{spec.max:g}")
+        if spec.dynamic:
+            notes.append("live")
+        comment = spec.description + (f" [{'; '.join(notes)}]" if notes else "")
+        lines += [f"{indent}# {line}" for line in textwrap.wrap(comment, 90 - len(indent))]
+        value = (f'"{spec.default}"' if isinstance(spec.default, str) else
+                 str(spec.default).lower() if isinstance(spec.default, bool) else
+                 "[" + ", ".join(map(str, spec.default)) + "]"
+                 if isinstance(spec.default, list) else repr(spec.default))
+        lines.append(f"{indent}{key}: {value}")
+    return "\n".join(lines) + "\n"

@@ -84,3 +84,41 @@ class Tracks:
     def empty(cls) -> "Tracks":
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                    np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
+
+
+@dataclass(frozen=True)
+class ObjectTable:
+    """Tracked objects of one frame with their 3-D position, as the node publishes them.
+
+    ``tracks``: the 2-D tracks (boxes in RGB pixels, ids, classes, scores).
+    ``xyz_m [N,3]``: box centroid in the camera optical frame (x right, y down,
+    z forward), metres, NaN where depth is unknown. ``extent_m [N,3]``: width,
+    height and depth extent of the object in metres (NaN when unknown).
+    ``class_names``: names indexed by ``tracks.class_ids``.
+    """
+
+    tracks: Tracks
+    xyz_m: np.ndarray
+    extent_m: np.ndarray
+    class_names: tuple = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.tracks)
+        xyz = np.ascontiguousarray(self.xyz_m, dtype=np.float32).reshape(-1, 3) if n else \
+            np.zeros((0, 3), np.float32)
+        extent = np.ascontiguousarray(self.extent_m, dtype=np.float32).reshape(-1, 3) if n \
+            else np.zeros((0, 3), np.float32)
+        if xyz.shape != (n, 3) or extent.shape != (n, 3):
+            raise ValueError(f"xyz_m and extent_m must be [{n}, 3], got {xyz.shape}, "
+                             f"{extent.shape}")
+        object.__setattr__(self, "xyz_m", xyz)
+        object.__setattr__(self, "extent_m", extent)
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def class_name(self, i: int) -> str:
+        """Name of object ``i``'s class (``class_<id>`` when unnamed)."""
+        cid = int(self.tracks.class_ids[i])
+        return self.class_names[cid] if 0 <= cid < len(self.class_names) else f"class_{cid}"

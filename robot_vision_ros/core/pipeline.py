@@ -4,13 +4,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Deque, Optional, Tuple
+from typing import Deque, Tuple
 
 import numpy as np
 import torch
 
+from ..models.encoders.base import VisionEncoder
 from ..models.registry import create_model
 from .config import VisionConfig
+from .backends import OnnxRuntimeEncoder, compile_encoder
 from .device import ComputeTarget, resolve_target
 from .errors import ModelError
 from .frames import FeatureResult, RgbdFrame
@@ -26,36 +28,54 @@ def _is_oom(exc: BaseException) -> bool:
 class EncoderPipeline:
     """Builds the configured encoder once and turns frames into feature results."""
 
-    def __init__(self, backbone: str, output_dim: int, weights: str,
-                 input_hw: Tuple[int, int], target: ComputeTarget, num_threads: int = 0) -> None:
-        if num_threads > 0:
-            torch.set_num_threads(num_threads)
-        self.backbone = backbone
+    def __init__(self, encoder: VisionEncoder, input_hw: Tuple[int, int],
+                 target: ComputeTarget, backend: str = "torch", compile_mode: str = "none",
+                 num_threads: int = 0) -> None:
+        self.backbone = encoder.name
         self.target = target
         self.input_hw = input_hw
         try:
-            encoder = create_model(backbone, output_dim=output_dim, weights=weights)
             encoder = encoder.eval().to(target.device)
             if target.channels_last:
                 encoder = encoder.to(memory_format=torch.channels_last)
         except RuntimeError as exc:
             if _is_oom(exc):
                 raise ModelError(f"out of memory on {target.device} while loading encoder "
-                                 f"'{backbone}' ({input_hw[0]}x{input_hw[1]})") from exc
+                                 f"'{encoder.name}' ({input_hw[0]}x{input_hw[1]})") from exc
             raise
         self.encoder = encoder
+        self.backend = backend
+        self._encode = encoder.encode
+        if backend == "onnxruntime":
+            ort_encoder = OnnxRuntimeEncoder(encoder, input_hw, target.device, num_threads)
+            encoder.to(target.device)
+            self._encode = ort_encoder.encode
+            log.info("encoder '%s' exported to ONNX, providers %s", encoder.name,
+                     ort_encoder.providers)
+        elif compile_mode != "none":
+            compile_encoder(encoder, compile_mode)
+            self._encode = encoder.encode
         self.output_dim = int(encoder.output_dim)
         self.preprocess = Preprocessor(input_hw, encoder.mean, encoder.std, target.device,
                                        dtype=torch.float32, channels_last=target.channels_last)
+        # Temporal encoders (rgbd_hybrid with use_temporal) take their recent
+        # per-frame embeddings explicitly; the pipeline, not the module, keeps them.
         window = int(getattr(encoder, "temporal_window", 0) or 0)
-        self._history: Deque[torch.Tensor] = deque(maxlen=max(window, 1))
-        self._uses_history = window > 0 and hasattr(encoder, "frame_embedding")
+        self._uses_history = bool(getattr(encoder, "use_temporal", False)) and window > 1
+        self._history: Deque[torch.Tensor] = deque(maxlen=max(window - 1, 1))
 
     @classmethod
     def from_config(cls, cfg: VisionConfig) -> "EncoderPipeline":
+        """Build the configured encoder (weights loaded) and its pipeline."""
         target = resolve_target(cfg.device, cfg.precision)
-        return cls(cfg.backbone, cfg.output_dim, cfg.weights, cfg.input_size, target,
-                   cfg.num_threads)
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        encoder = create_model(cfg.backbone, output_dim=cfg.output_dim, weights=cfg.weights,
+                               **cfg.encoder_options())
+        if not cfg.weights:
+            log.warning("encoder '%s' has random weights: its features carry no meaning until "
+                        "weights are given (weights: imagenet or a file)", cfg.backbone)
+        return cls(encoder, cfg.input_size, target, cfg.backend, cfg.compile, cfg.num_threads)
 
     def reset(self) -> None:
         """Forget temporal context (after a stamp reset)."""
@@ -76,12 +96,13 @@ class EncoderPipeline:
                 depth = self.preprocess.depth(frame.depth_m)
             t1 = time.perf_counter()
             with self._autocast():
-                kwargs = {}
-                if self._uses_history and self._history:
-                    kwargs["history"] = torch.stack(list(self._history), dim=1)
-                out = self.encoder.encode(x, depth, **kwargs)
                 if self._uses_history:
-                    self._history.append(self.encoder.frame_embedding(x, depth).detach())
+                    history = (torch.stack(list(self._history), dim=1) if self._history
+                               else None)
+                    out, embedding = self.encoder.encode_step(x, depth, history)
+                    self._history.append(embedding)
+                else:
+                    out = self._encode(x, depth)
             # One device->host copy for everything that is published.
             table = torch.cat([out.pooled[:1], out.tokens[0]], dim=0).float().cpu().numpy()
         except RuntimeError as exc:

@@ -7,6 +7,7 @@ thread processes it (see ``core.runner``).
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -22,7 +23,7 @@ from std_msgs.msg import Float32MultiArray, Header
 
 from ..core.config import SPECS, VisionConfig, check_value, validate
 from ..core.errors import InputError, VisionError
-from ..core.frames import CameraIntrinsics, FeatureResult, RgbdFrame
+from ..core.frames import CameraIntrinsics, FeatureResult, RgbdFrame  # noqa: F401
 from ..core.image_codec import align_depth_to_rgb
 from ..core.pipeline import EncoderPipeline
 from ..core.runner import InferenceWorker
@@ -30,6 +31,7 @@ from ..core.scheduler import FrameSkipper, FrameSync, PendingFrame
 from ..core.stats import FrameStats
 from .conversions import (feature_table_to_pointcloud2, features_to_multiarray,
                           image_msg_to_depth_m, image_msg_to_rgb, ns_to_stamp, stamp_to_ns)
+from .outputs import camera_info_to_intrinsics
 from .params import declare_all, read_all
 from .qos import keep_last
 
@@ -195,9 +197,9 @@ class VisionNode(LifecycleNode):
         self._sync.put_depth(msg, stamp_to_ns(msg.header.stamp))
 
     def _on_info(self, msg: CameraInfo) -> None:
-        if msg.k[0] > 0 and msg.width > 0 and msg.height > 0:
-            self._intrinsics = CameraIntrinsics(msg.k[0], msg.k[4], msg.k[2], msg.k[5],
-                                                msg.width, msg.height)
+        intrinsics = camera_info_to_intrinsics(msg)
+        if intrinsics is not None:
+            self._intrinsics = intrinsics
 
     def _on_sync_event(self, reason: str) -> None:
         if reason in _SKIP_EVENTS:
@@ -259,17 +261,23 @@ class VisionNode(LifecycleNode):
             level, message = DiagnosticStatus.ERROR, "inference worker stopped"
         else:
             expected = min(cfg.target_fps, snap["input_rate_hz"])
+            if cfg.skip_frames > 0:
+                expected = snap["input_rate_hz"] / (cfg.skip_frames + 1)
             if snap["output_rate_hz"] < 0.9 * expected:
                 level = DiagnosticStatus.WARN
                 message = (f"output {snap['output_rate_hz']:.1f} Hz below "
                            f"{expected:.1f} Hz")
+            elif snap["age_ms_p99"] > cfg.diagnostics_max_age_ms:
+                level = DiagnosticStatus.WARN
+                message = (f"latency p99 {snap['age_ms_p99']:.0f} ms over "
+                           f"{cfg.diagnostics_max_age_ms:g} ms")
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline",
                                   message=message,
                                   hardware_id=str(self._pipeline.target.device)
                                   if self._pipeline else "")
         values = {"backbone": cfg.backbone, "device": cfg.device, "precision": cfg.precision,
                   "target_fps": f"{cfg.target_fps:g}", "skip_frames": str(cfg.skip_frames)}
-        values.update({k: f"{v:.3f}" for k, v in sorted(snap.items())})
+        values.update({k: _fmt(v) for k, v in sorted(snap.items())})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -281,6 +289,27 @@ class VisionNode(LifecycleNode):
         self.get_logger().info(f"frame accounting: {items}")
 
 
+class RosLogHandler(logging.Handler):
+    """Forwards the core's Python ``logging`` records to the node's ROS logger."""
+
+    def __init__(self, node: LifecycleNode) -> None:
+        super().__init__(level=logging.INFO)
+        self._logger = node.get_logger()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.name.split('.')[-1]}: {record.getMessage()}"
+        if record.levelno >= logging.ERROR:
+            self._logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(text)
+        else:
+            self._logger.info(text)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
+
+
 def frame_header(result: FeatureResult) -> Header:
     """std_msgs/Header with the source frame's stamp and frame id."""
     return Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
@@ -290,6 +319,10 @@ def main(args: Optional[List[str]] = None) -> int:
     """Entry point of ``ros2 run robot_vision_ros vision_node``."""
     rclpy.init(args=args)
     node = VisionNode()
+    package_log = logging.getLogger("robot_vision_ros")
+    package_log.setLevel(logging.INFO)
+    package_log.addHandler(RosLogHandler(node))
+    package_log.propagate = False
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
