@@ -83,3 +83,12 @@ def test_load_yaml_errors(tmp_path):
     nested = tmp_path / "ok.yaml"
     nested.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"sync": {"slop_s": 0.05}}}}))
     assert config.load_yaml(nested) == {"sync.slop_s": 0.05}
+
+
+def test_readme_parameter_table_is_current():
+    from robot_vision_ros.tools.readme_params import refresh
+    text = (REPO / "README.md").read_text()
+    assert refresh(text) == text, \
+        "regenerate: python -m robot_vision_ros.tools.readme_params README.md"
+    for spec in config.PARAMETERS:
+        assert f"`{spec.name}`" in text

@@ -95,11 +95,66 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("rgbd.num_slots", 0,
               "rgbd_hybrid only: object slots (slot attention) published as extra tokens; "
               "0 = none.", min=0, max=64),
+    ParamSpec("depth.model", "sensor",
+              "Depth estimator: none, sensor (the cleaned depth camera only), unet or "
+              "depth_anything_v2; a network's prediction is aligned to the sensor's valid "
+              "pixels and fills its holes."),
+    ParamSpec("depth.weights", "",
+              "Depth network weights: a unet file from tools.train_depth, or the local folder "
+              "of a Depth Anything V2 checkpoint ('' = random unet)."),
+    ParamSpec("depth.input_size", [240, 320],
+              "Depth network input [height, width] in pixels, multiples of 16.",
+              min=32, max=2048, length=2),
+    ParamSpec("depth.every_n", 1,
+              "Run the depth head every n-th processed frame.", min=1, max=1000, dynamic=True),
+    ParamSpec("depth.reuse", True,
+              "On frames where the depth head does not run, re-publish the last depth "
+              "(counted as reused in diagnostics) instead of nothing.", dynamic=True),
     ParamSpec("depth.min_m", 0.1,
               "Sensor depth below this (metres) is unknown.", min=0.0, max=100.0, dynamic=True),
     ParamSpec("depth.max_m", 10.0,
               "Sensor depth above this (metres) is unknown.", min=0.01, max=1000.0,
               dynamic=True),
+    ParamSpec("detection.model", "none",
+              "Detector: none, onnx (detection.weights = the .onnx file: YOLOv8/YOLO11 or "
+              "TF-OD-API SSD layout), ssdlite320_mobilenet_v3_large, "
+              "fasterrcnn_mobilenet_v3_large_320_fpn, retinanet_resnet50_fpn_v2, "
+              "fcos_resnet50_fpn or yolo_head."),
+    ParamSpec("detection.weights", "",
+              "The ONNX model file, or torchvision weights: 'coco' (local torch cache) or a "
+              "file ('' = random init)."),
+    ParamSpec("detection.class_names", "",
+              "Class names: '' = the model's, coco, coco80, a labels file (one name per "
+              "line) or comma-separated names."),
+    ParamSpec("detection.score_threshold", 0.3,
+              "Detections below this score are dropped.", min=0.0, max=1.0, dynamic=True),
+    ParamSpec("detection.nms_iou", 0.5,
+              "IoU above which same-class boxes are suppressed.", min=0.01, max=1.0,
+              dynamic=True),
+    ParamSpec("detection.max_detections", 100,
+              "Most detections kept per frame.", min=1, max=10000),
+    ParamSpec("detection.every_n", 1,
+              "Run the detector every n-th processed frame; the tracker predicts in between.",
+              min=1, max=1000, dynamic=True),
+    ParamSpec("detection.marker_lifetime_s", 0.5,
+              "Lifetime of the rviz markers, so objects that vanish are removed.",
+              min=0.0, max=60.0, dynamic=True),
+    ParamSpec("tracking.high_thresh", 0.5,
+              "Detections above this score start the first association pass (ByteTrack).",
+              min=0.0, max=1.0),
+    ParamSpec("tracking.low_thresh", 0.1,
+              "Detections between this and high_thresh only keep existing tracks alive.",
+              min=0.0, max=1.0),
+    ParamSpec("tracking.new_track_thresh", 0.6,
+              "An unmatched detection above this score starts a new track.", min=0.0, max=1.0),
+    ParamSpec("tracking.match_iou", 0.2,
+              "Least IoU for a first-pass match.", min=0.0, max=1.0),
+    ParamSpec("tracking.min_hits", 3,
+              "Matched frames before a track is published.", min=1, max=100),
+    ParamSpec("tracking.max_lost", 10,
+              "Frames (at target_fps) a track survives without a match.", min=0, max=1000),
+    ParamSpec("tracking.class_aware", True,
+              "Detections only match tracks of the same class."),
     ParamSpec("sync.slop_s", 0.02,
               "Largest RGB/depth stamp difference (seconds) paired as one frame.",
               min=0.0, max=1.0, dynamic=True),
@@ -155,8 +210,28 @@ class VisionConfig:
     rgbd_use_temporal: bool
     rgbd_temporal_window: int
     rgbd_num_slots: int
+    depth_model: str
+    depth_weights: str
+    depth_input_size: Tuple[int, int]
+    depth_every_n: int
+    depth_reuse: bool
     depth_min_m: float
     depth_max_m: float
+    detection_model: str
+    detection_weights: str
+    detection_class_names: str
+    detection_score_threshold: float
+    detection_nms_iou: float
+    detection_max_detections: int
+    detection_every_n: int
+    detection_marker_lifetime_s: float
+    tracking_high_thresh: float
+    tracking_low_thresh: float
+    tracking_new_track_thresh: float
+    tracking_match_iou: float
+    tracking_min_hits: int
+    tracking_max_lost: int
+    tracking_class_aware: bool
     sync_slop_s: float
     sync_depth_wait_s: float
     sync_use_depth: bool
@@ -175,6 +250,34 @@ class VisionConfig:
         return {"rgb_backbone": self.rgbd_rgb_backbone, "rgb_weights": self.rgbd_rgb_weights,
                 "use_depth": self.rgbd_use_depth, "use_temporal": self.rgbd_use_temporal,
                 "temporal_window": self.rgbd_temporal_window, "num_slots": self.rgbd_num_slots}
+
+    def detector_options(self) -> Dict[str, Any]:
+        """Factory arguments of the configured detector."""
+        options: Dict[str, Any] = {"score_threshold": self.detection_score_threshold,
+                                   "nms_iou": self.detection_nms_iou,
+                                   "max_detections": self.detection_max_detections}
+        if self.detection_model == "onnx":
+            options["path"] = self.detection_weights
+        elif self.detection_weights:
+            options["weights"] = self.detection_weights
+        return options
+
+    def class_names_spec(self) -> Any:
+        """``detection.class_names`` as the detectors take it (None = the model's own)."""
+        text = self.detection_class_names.strip()
+        if not text:
+            return None
+        if "," in text:
+            return [name.strip() for name in text.split(",")]
+        return text
+
+    def tracker_options(self) -> Dict[str, Any]:
+        """TrackerConfig fields from ``tracking.*`` (frame rate = target_fps)."""
+        return {"high_thresh": self.tracking_high_thresh, "low_thresh": self.tracking_low_thresh,
+                "new_track_thresh": self.tracking_new_track_thresh,
+                "match_iou": self.tracking_match_iou, "min_hits": self.tracking_min_hits,
+                "max_lost": self.tracking_max_lost, "class_aware": self.tracking_class_aware,
+                "frame_rate_hz": min(self.target_fps, 240.0)}
 
     def to_params(self) -> Dict[str, Any]:
         """Back to ``{ros_name: value}``."""
@@ -238,8 +341,9 @@ def check_value(name: str, value: Any) -> Optional[str]:
     reason = _check_type(spec, value) or _check_limits(spec, value)
     if reason is None and name == "device" and not _DEVICE_RE.match(value):
         reason = "must be auto, cpu, cuda or cuda:N"
-    if reason is None and name == "input_size" and any(v % 32 for v in value):
-        reason = "height and width must be multiples of 32"
+    multiple = {"input_size": 32, "depth.input_size": 16}.get(name)
+    if reason is None and multiple and any(v % multiple for v in value):
+        reason = f"height and width must be multiples of {multiple}"
     return None if reason is None else f"{name}={value!r}: {reason}"
 
 
@@ -250,6 +354,23 @@ def _cross_checks(values: Mapping[str, Any]) -> List[str]:
     if check_value("depth.min_m", lo) is None and check_value("depth.max_m", hi) is None \
             and lo >= hi:
         reasons.append(f"depth.min_m={lo} must be below depth.max_m={hi}")
+    depth_model = values["depth.model"]
+    detector = values["detection.model"]
+    if isinstance(depth_model, str) or isinstance(detector, str):
+        from ..models.registry import list_models
+        depth_known = ["none", "sensor"] + list_models("depth")
+        if isinstance(depth_model, str) and depth_model not in depth_known:
+            reasons.append(f"depth.model={depth_model!r}: unknown; known: "
+                           f"{', '.join(depth_known)}")
+        det_known = ["none"] + list_models("detector")
+        if isinstance(detector, str) and detector not in det_known:
+            reasons.append(f"detection.model={detector!r}: unknown; known: "
+                           f"{', '.join(det_known)}")
+        if detector == "onnx" and not values["detection.weights"]:
+            reasons.append("detection.model='onnx' needs detection.weights = the .onnx file")
+    low, high = values["tracking.low_thresh"], values["tracking.high_thresh"]
+    if isinstance(low, float) and isinstance(high, float) and low > high:
+        reasons.append(f"tracking.low_thresh={low} must not exceed tracking.high_thresh={high}")
     backbone = values["backbone"]
     if isinstance(backbone, str):
         # Imported here: the model registry imports torch, config must stay light.
@@ -351,3 +472,21 @@ def render_yaml(node_name: str = "vision") -> str:
                  if isinstance(spec.default, list) else repr(spec.default))
         lines.append(f"{indent}{key}: {value}")
     return "\n".join(lines) + "\n"
+
+
+def render_markdown() -> str:
+    """The parameter table of the README (a test keeps the README's copy equal)."""
+    rows = ["| parameter | default | changes | meaning |", "|---|---|---|---|"]
+    for spec in PARAMETERS:
+        default = spec.default
+        text = (f'"{default}"' if isinstance(default, str) else
+                str(default).lower() if isinstance(default, bool) else str(default))
+        notes = []
+        if spec.choices:
+            notes.append(" / ".join(map(str, spec.choices)))
+        if spec.min is not None:
+            notes.append(f"{spec.min:g} to {spec.max:g}")
+        meaning = spec.description + (f" ({'; '.join(notes)})" if notes else "")
+        rows.append(f"| `{spec.name}` | `{text}` | {'live' if spec.dynamic else 'configure'} "
+                    f"| {meaning.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"

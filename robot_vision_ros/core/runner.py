@@ -8,18 +8,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .errors import InputError, ModelError
-from .frames import FeatureResult, RgbdFrame
+from .frames import RgbdFrame
 from .scheduler import FrameSync, PendingFrame
 from .stats import FrameStats
 
 log = logging.getLogger(__name__)
 
 Decode = Callable[[PendingFrame], RgbdFrame]
-Process = Callable[[RgbdFrame], FeatureResult]
-Publish = Callable[[FeatureResult, RgbdFrame], None]
+Process = Callable[[RgbdFrame], Any]
+Publish = Callable[[Any, RgbdFrame], None]
 Warn = Callable[[str], None]
 
 
@@ -71,7 +71,7 @@ class InferenceWorker:
                 log.exception("inference worker failed on frame %d", pending.stamp_ns)
                 self._warn(f"internal error on frame {pending.stamp_ns}: {exc!r}")
 
-    def step(self, pending: PendingFrame) -> Optional[FeatureResult]:
+    def step(self, pending: PendingFrame) -> Optional[Any]:
         """Process one pending frame; returns the result or None if it was dropped."""
         t0 = time.perf_counter()
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from typing import Deque, Dict, Iterable, Optional, Tuple
 
 import numpy as np
@@ -67,8 +67,9 @@ class FrameStats:
         self._lock = threading.Lock()
         self.counts: Counter = Counter()
         self.skipped: Counter = Counter()
-        self.latency = {"processing_ms": LatencyWindow(), "age_ms": LatencyWindow(),
-                        "skew_ms": LatencyWindow()}
+        self.latency: Dict[str, LatencyWindow] = defaultdict(LatencyWindow)
+        for name in ("processing_ms", "age_ms", "skew_ms"):
+            self.latency[name] = LatencyWindow()
         self.rates = {"input": RateMeter(), "output": RateMeter()}
         self.last_input_time: Optional[float] = None
 
@@ -87,6 +88,7 @@ class FrameStats:
             self.skipped[reason] += n
 
     def observe(self, name: str, value_ms: float) -> None:
+        """Add a sample to window ``name`` (created on first use)."""
         with self._lock:
             self.latency[name].add(value_ms)
 

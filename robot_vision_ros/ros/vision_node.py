@@ -20,18 +20,22 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float32MultiArray, Header
+from visualization_msgs.msg import MarkerArray
 
 from ..core.config import SPECS, VisionConfig, check_value, validate
 from ..core.errors import InputError, VisionError
 from ..core.frames import CameraIntrinsics, FeatureResult, RgbdFrame  # noqa: F401
 from ..core.image_codec import align_depth_to_rgb
-from ..core.pipeline import EncoderPipeline
+from ..core.perception import PerceptionPipeline, PerceptionResult
+from ..core.render import colorize_depth, draw_objects, overlay_attention
 from ..core.runner import InferenceWorker
 from ..core.scheduler import FrameSkipper, FrameSync, PendingFrame
 from ..core.stats import FrameStats
-from .conversions import (feature_table_to_pointcloud2, features_to_multiarray,
-                          image_msg_to_depth_m, image_msg_to_rgb, ns_to_stamp, stamp_to_ns)
-from .outputs import camera_info_to_intrinsics
+from .conversions import (depth_m_to_image_msg, feature_table_to_pointcloud2,
+                          features_to_multiarray, image_msg_to_depth_m, image_msg_to_rgb,
+                          ns_to_stamp, rgb_to_image_msg, stamp_to_ns)
+from .outputs import (camera_info_to_intrinsics, depth_camera_info, object_table_to_markers,
+                      object_table_to_pointcloud2)
 from .params import declare_all, read_all
 from .qos import keep_last
 
@@ -46,7 +50,7 @@ class VisionNode(LifecycleNode):
         super().__init__("vision", **kwargs)
         self._param_errors = declare_all(self)
         self._cfg: Optional[VisionConfig] = None
-        self._pipeline: Optional[EncoderPipeline] = None
+        self._pipeline: Optional[PerceptionPipeline] = None
         self._worker: Optional[InferenceWorker] = None
         self._sync: Optional[FrameSync] = None
         self._skipper: Optional[FrameSkipper] = None
@@ -71,21 +75,38 @@ class VisionNode(LifecycleNode):
             log.info(f"loading encoder '{cfg.backbone}' (weights={cfg.weights or 'random'}, "
                      f"device={cfg.device}, precision={cfg.precision}, "
                      f"input={cfg.input_size[0]}x{cfg.input_size[1]})")
-            pipeline = EncoderPipeline.from_config(cfg)
+            pipeline = PerceptionPipeline.from_config(cfg)
             pipeline.warmup()
         except VisionError as exc:
             log.error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self._cfg, self._pipeline = cfg, pipeline
         out_qos = keep_last(cfg.qos_output_reliability, cfg.qos_output_depth)
-        self._pubs = {
-            "features": self.create_lifecycle_publisher(Float32MultiArray, "~/features", out_qos),
-            "tokens": self.create_lifecycle_publisher(PointCloud2, "~/features/tokens", out_qos),
-        }
+        topics = {"features": (Float32MultiArray, "~/features"),
+                  "tokens": (PointCloud2, "~/features/tokens"),
+                  "depth": (Image, "~/depth"),
+                  "depth_info": (CameraInfo, "~/depth/camera_info"),
+                  "depth_colored": (Image, "~/depth/colored"),
+                  "detections": (PointCloud2, "~/detections"),
+                  "detections_image": (Image, "~/detections/image"),
+                  "markers": (MarkerArray, "~/detections/markers"),
+                  "attention": (Image, "~/attention/image")}
+        if pipeline.depth is None:
+            for key in ("depth", "depth_info", "depth_colored"):
+                topics.pop(key)
+        if pipeline.detection is None:
+            for key in ("detections", "detections_image", "markers"):
+                topics.pop(key)
+        if not pipeline.attention_available:
+            topics.pop("attention")
+        self._pubs = {key: self.create_lifecycle_publisher(msg_type, name, out_qos)
+                      for key, (msg_type, name) in topics.items()}
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)
-        log.info(f"configured: {cfg.backbone} -> {pipeline.output_dim} floats on "
-                 f"{pipeline.target.device} ({pipeline.target.precision})")
+        enc = pipeline.encoder
+        log.info(f"configured: {cfg.backbone} -> {enc.output_dim} floats on "
+                 f"{enc.target.device} ({enc.target.precision}, {enc.backend}); depth "
+                 f"{cfg.depth_model}, detection {cfg.detection_model}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -94,7 +115,7 @@ class VisionNode(LifecycleNode):
         self._skipper = FrameSkipper(cfg.target_fps, cfg.skip_frames)
         self._sync = FrameSync(cfg.sync_slop_s, cfg.sync_depth_wait_s, cfg.sync_use_depth,
                                on_event=self._on_sync_event)
-        self._worker = InferenceWorker(self._sync, self._decode, self._pipeline.process,
+        self._worker = InferenceWorker(self._sync, self._decode, self._process,
                                        self._publish, self._stats, self._warn,
                                        clock_ns=lambda: self.get_clock().now().nanoseconds)
         in_qos = keep_last(cfg.qos_image_reliability, cfg.qos_image_depth)
@@ -174,6 +195,8 @@ class VisionNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=str(exc))
             if self._active:
                 self._apply_live(new_cfg)
+            if self._pipeline is not None:
+                self._pipeline.reconfigure(new_cfg)
             self._cfg = new_cfg
         return SetParametersResult(successful=True)
 
@@ -231,12 +254,58 @@ class VisionNode(LifecycleNode):
                          depth_m=depth_m, intrinsics=self._intrinsics)
 
     # -- output -----------------------------------------------------------------
-    def _publish(self, result: FeatureResult, frame: RgbdFrame) -> None:
-        self._pubs["features"].publish(features_to_multiarray(result.pooled, result.backbone))
+    def _wanted(self, key: str) -> bool:
+        """A publisher exists and, for the images only rendered on demand, has subscribers."""
+        pub = self._pubs.get(key)
+        return pub is not None and pub.get_subscription_count() > 0
+
+    def _process(self, frame: RgbdFrame) -> PerceptionResult:
+        """Runs on the worker thread: every stage due on this frame."""
+        result = self._pipeline.process(frame, want_attention=self._wanted("attention"))
+        for key, n in result.events.items():
+            self._stats.count(key, n)
+        return result
+
+    def _publish(self, result: PerceptionResult, frame: RgbdFrame) -> None:
+        features = result.features
+        header = frame_header(features)
+        self._pubs["features"].publish(features_to_multiarray(features.pooled, features.backbone))
         if self._cfg.publish_tokens:
-            header = frame_header(result)
             self._pubs["tokens"].publish(feature_table_to_pointcloud2(
-                result.pooled, result.tokens, result.token_uv_px, result.token_level, header))
+                features.pooled, features.tokens, features.token_uv_px, features.token_level,
+                header))
+        if result.depth is not None:
+            self._publish_depth(result, frame, header)
+        if result.objects is not None:
+            self._publish_objects(result, frame, header)
+        if result.attention is not None and self._wanted("attention"):
+            self._pubs["attention"].publish(
+                rgb_to_image_msg(overlay_attention(frame.rgb, result.attention), header))
+
+    def _publish_depth(self, result: PerceptionResult, frame: RgbdFrame, header: Header) -> None:
+        depth_m = result.depth.depth_m
+        self._pubs["depth"].publish(depth_m_to_image_msg(depth_m, header))
+        if frame.intrinsics is not None:
+            self._pubs["depth_info"].publish(depth_camera_info(
+                frame.intrinsics, depth_m.shape[1], depth_m.shape[0], header))
+        if self._wanted("depth_colored"):
+            self._pubs["depth_colored"].publish(
+                rgb_to_image_msg(colorize_depth(depth_m, self._cfg.depth_min_m,
+                                                self._cfg.depth_max_m), header))
+        if result.depth.fit_residual_m == result.depth.fit_residual_m:  # not NaN
+            self._stats.observe("depth_fit_residual_mm", 1e3 * result.depth.fit_residual_m)
+
+    def _publish_objects(self, result: PerceptionResult, frame: RgbdFrame,
+                         header: Header) -> None:
+        table = result.objects
+        self._pubs["detections"].publish(object_table_to_pointcloud2(table, header))
+        self._stats.observe("objects", float(len(table)))
+        if self._wanted("detections_image"):
+            self._pubs["detections_image"].publish(
+                rgb_to_image_msg(draw_objects(frame.rgb, table), header))
+        if self._wanted("markers"):
+            self._pubs["markers"].publish(object_table_to_markers(
+                table, header, self._cfg.detection_marker_lifetime_s))
 
     def _warn(self, text: str, key: str = "") -> None:
         """Log a warning at most every 2 s per kind, so bad streams do not flood the log."""
@@ -273,7 +342,7 @@ class VisionNode(LifecycleNode):
                            f"{cfg.diagnostics_max_age_ms:g} ms")
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline",
                                   message=message,
-                                  hardware_id=str(self._pipeline.target.device)
+                                  hardware_id=str(self._pipeline.encoder.target.device)
                                   if self._pipeline else "")
         values = {"backbone": cfg.backbone, "device": cfg.device, "precision": cfg.precision,
                   "target_fps": f"{cfg.target_fps:g}", "skip_frames": str(cfg.skip_frames)}
