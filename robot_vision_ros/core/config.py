@@ -80,6 +80,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "N > 0 processes every (N+1)-th frame; 0 = adaptive (as many as target_fps "
               "and the processing time allow, skipping the rest).",
               min=0, max=1000, dynamic=True),
+    ParamSpec("adaptive_heads", True,
+              "Run depth and detection only when the frame's time budget (1/target_fps) "
+              "still covers their measured cost, deferring them otherwise, so features keep "
+              "the rate; false = strictly every_n.", dynamic=True),
     ParamSpec("publish_tokens", True,
               "Publish the stamped token table on features/tokens.", dynamic=True),
     ParamSpec("rgbd.rgb_backbone", "mobilenet_v3_small",
@@ -203,6 +207,7 @@ class VisionConfig:
     num_threads: int
     target_fps: float
     skip_frames: int
+    adaptive_heads: bool
     publish_tokens: bool
     rgbd_rgb_backbone: str
     rgbd_rgb_weights: str

@@ -19,7 +19,8 @@ from .depth_fusion import clean_sensor_depth
 from .detections import ObjectTable
 from .device import resolve_target
 from .frames import FeatureResult, RgbdFrame
-from .heads import DepthHead, DepthResult, DetectionHead, HeadSchedule
+from .head_budget import HeadScheduler
+from .heads import DepthHead, DepthResult, DetectionHead
 from .pipeline import EncoderPipeline
 
 
@@ -47,17 +48,14 @@ class PerceptionPipeline:
     """Encoder + optional depth head + optional detection head, scheduled per frame."""
 
     def __init__(self, encoder: EncoderPipeline, depth: Optional[DepthHead],
-                 detection: Optional[DetectionHead], schedule: HeadSchedule,
-                 target_fps: float, reuse_depth: bool = True) -> None:
+                 detection: Optional[DetectionHead], schedule: HeadScheduler,
+                 reuse_depth: bool = True) -> None:
         self.encoder = encoder
         self.depth = depth
         self.detection = detection
         self.schedule = schedule
         self.reuse_depth = reuse_depth
-        self.frame_budget_s = 1.0 / target_fps
-        self._index = 0
         self._last_depth: Optional[DepthResult] = None
-        self._over_budget = False
 
     @classmethod
     def from_config(cls, cfg: VisionConfig) -> "PerceptionPipeline":
@@ -74,14 +72,17 @@ class PerceptionPipeline:
                                       dict(cfg.detector_options(), device=device),
                                       TrackerConfig(**cfg.tracker_options()),
                                       class_names=cfg.class_names_spec())
-        schedule = HeadSchedule(cfg.depth_every_n, cfg.detection_every_n)
-        return cls(encoder, depth, detection, schedule, cfg.target_fps, cfg.depth_reuse)
+        schedule = HeadScheduler({"depth": cfg.depth_every_n,
+                                  "detection": cfg.detection_every_n},
+                                 cfg.target_fps, cfg.adaptive_heads)
+        return cls(encoder, depth, detection, schedule, cfg.depth_reuse)
 
     def reconfigure(self, cfg: VisionConfig) -> None:
         """Apply the live parameters (rates, thresholds) without rebuilding models."""
-        self.schedule.reconfigure(cfg.depth_every_n, cfg.detection_every_n)
+        self.schedule.configure({"depth": cfg.depth_every_n,
+                                 "detection": cfg.detection_every_n},
+                                cfg.target_fps, cfg.adaptive_heads)
         self.reuse_depth = cfg.depth_reuse
-        self.frame_budget_s = 1.0 / cfg.target_fps
         if self.detection is not None:
             self.detection.detector.score_threshold = cfg.detection_score_threshold
             self.detection.detector.nms_iou = cfg.detection_nms_iou
@@ -92,7 +93,6 @@ class PerceptionPipeline:
         """After a stamp jump backwards: forget temporal state and restart cadences."""
         self.encoder.reset()
         self.schedule.reset()
-        self._index = 0
         self._last_depth = None
         if self.detection is not None:
             self.detection.reset()
@@ -109,26 +109,29 @@ class PerceptionPipeline:
 
     def process(self, frame: RgbdFrame, want_attention: bool = False) -> PerceptionResult:
         """Run the stages due on this frame. Raises InputError/ModelError for the frame."""
-        t0 = time.perf_counter()
         events: Dict[str, int] = {}
-        features = self.encoder.process(frame)
-        depth, reused = self._depth(frame, events)
-        objects, predicted = self._objects(frame, None if reused else depth, events)
+        self.schedule.start_frame()
+        try:
+            features = self.encoder.process(frame)
+            depth, reused = self._depth(frame, events)
+            objects, predicted = self._objects(frame, None if reused else depth, events)
+        finally:
+            self.schedule.end_frame()
         attention = None
         if want_attention and self.attention_available:
             attention = self._attention(frame)
-        self._index += 1
-        self._over_budget = time.perf_counter() - t0 > self.frame_budget_s
         return PerceptionResult(features, depth, reused, objects, predicted, attention, events)
 
     def _depth(self, frame: RgbdFrame, events: Dict[str, int]):
         if self.depth is None:
             return None, False
-        if self.schedule.should_run("depth", self._index, self._over_budget):
+        if self.schedule.should_run("depth"):
+            t0 = time.perf_counter()
             self._last_depth = self.depth.run(frame)
+            self.schedule.ran("depth", time.perf_counter() - t0)
             events["depth_runs"] = 1
             return self._last_depth, False
-        events["depth_skipped"] = 1
+        events["depth_skipped_budget" if self.schedule.due("depth") else "depth_skipped"] = 1
         if self.reuse_depth and self._last_depth is not None:
             events["depth_reused"] = 1
             return self._last_depth, True
@@ -146,9 +149,14 @@ class PerceptionPipeline:
         elif frame.depth_m is not None:
             lo, hi = (self.depth.min_m, self.depth.max_m) if self.depth else (0.0, np.inf)
             depth_m = clean_sensor_depth(frame.depth_m, lo, hi)
-        if self.schedule.should_run("detection", self._index, self._over_budget):
+        if self.schedule.should_run("detection"):
+            t0 = time.perf_counter()
+            table = self.detection.run(frame, depth_m)
+            self.schedule.ran("detection", time.perf_counter() - t0)
             events["detection_runs"] = 1
-            return self.detection.run(frame, depth_m), False
+            return table, False
+        if self.schedule.due("detection"):
+            events["detection_skipped_budget"] = 1
         events["detection_predicted"] = 1
         return self.detection.predict(frame, depth_m), True
 
