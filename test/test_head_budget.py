@@ -65,3 +65,9 @@ def test_reset_and_live_configure():
 def test_bad_settings(every_n, fps, match):
     with pytest.raises(ConfigError, match=match):
         HeadScheduler(every_n, target_fps=fps)
+
+
+def test_negligible_heads_run_even_when_the_frame_is_over_budget():
+    sched = HeadScheduler({"depth": 1, "detection": 1}, target_fps=30)
+    runs = _run_frames(sched, 20, encoder_s=0.060, head_cost_s=0.0005, head="depth")
+    assert all(runs)

@@ -7,7 +7,9 @@ head runs only when the time left in this frame's budget (one frame period at
 earlier quick frames, at most one period) covers the head's measured cost; if
 not it is deferred to a later frame and counted. A head deferred
 ``max_defer`` frames in a row runs anyway, so a head slower than any budget
-still runs at a reduced rate instead of never. Without ``adaptive`` a due head
+still runs at a reduced rate instead of never. A head whose cost is below
+``NEGLIGIBLE`` of the period (cleaning the sensor depth, say) is never
+deferred: skipping it would save nothing. Without ``adaptive`` a due head
 always runs.
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ class HeadScheduler:
 
     #: Weight of the newest cost sample in the moving average.
     ALPHA = 0.3
+    #: Heads cheaper than this fraction of the frame period always run when due.
+    NEGLIGIBLE = 0.05
 
     def __init__(self, every_n: Dict[str, int], target_fps: float, adaptive: bool = True,
                  max_defer: int = 30) -> None:
@@ -75,8 +79,8 @@ class HeadScheduler:
         if not self.due(head):
             return False
         cost = self._cost_s[head]
-        if (not self.adaptive or cost is None or cost <= self._remaining_s(now)
-                or self._deferred[head] >= self.max_defer):
+        if (not self.adaptive or cost is None or cost <= self.NEGLIGIBLE * self.period_s
+                or cost <= self._remaining_s(now) or self._deferred[head] >= self.max_defer):
             return True
         self._deferred[head] += 1
         return False
