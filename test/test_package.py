@@ -56,3 +56,15 @@ def test_launch_description_builds_when_launch_ros_is_available():
     names = {a.name for a in description.get_launch_arguments()}
     assert {"backbone", "device", "namespace", "rgb_topic", "depth_topic", "use_sim_time",
             "params_file"} <= names
+
+
+def test_rqt_perspective_opens_depth_and_detection_views():
+    import ast
+    import json
+    doc = json.loads((_share() / "config" / "vision.perspective").read_text())
+    manager = doc["groups"]["pluginmanager"]
+    running = ast.literal_eval(manager["keys"]["running-plugins"]["repr"])
+    assert running == {"rqt_image_view/ImageView": [1, 2]}
+    topics = {ast.literal_eval(g["groups"]["plugin"]["keys"]["topic"]["repr"])
+              for g in manager["groups"].values()}
+    assert topics == {"/vision/depth/colored", "/vision/detections/image"}
