@@ -159,6 +159,13 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "Frames (at target_fps) a track survives without a match.", min=0, max=1000),
     ParamSpec("tracking.class_aware", True,
               "Detections only match tracks of the same class."),
+    ParamSpec("input.rgb_transport", "raw",
+              "raw (sensor_msgs/Image on the colour topic) or compressed (CompressedImage "
+              "jpeg/png on <colour topic>/compressed, as image_transport publishes it).",
+              choices=("raw", "compressed")),
+    ParamSpec("input.depth_transport", "raw",
+              "raw (sensor_msgs/Image) or compressedDepth (PNG on "
+              "<depth topic>/compressedDepth).", choices=("raw", "compressedDepth")),
     ParamSpec("sync.slop_s", 0.02,
               "Largest RGB/depth stamp difference (seconds) paired as one frame.",
               min=0.0, max=1.0, dynamic=True),
@@ -237,6 +244,8 @@ class VisionConfig:
     tracking_min_hits: int
     tracking_max_lost: int
     tracking_class_aware: bool
+    input_rgb_transport: str
+    input_depth_transport: str
     sync_slop_s: float
     sync_depth_wait_s: float
     sync_use_depth: bool

@@ -138,7 +138,7 @@ def _ransac_line(p: np.ndarray, y: np.ndarray, threshold: float, n_hypotheses: i
     y1, y2 = y[pairs[:, 0]], y[pairs[:, 1]]
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = (y1 - y2) / (p1 - p2)
-    shift = y1 - scale * p1
+        shift = y1 - scale * p1
     # The plain fit on every point is one more hypothesis: exact on clean data.
     ls_scale, ls_shift = _weighted_line_fit(p, y)
     scale = np.append(scale, ls_scale)

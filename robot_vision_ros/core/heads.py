@@ -4,7 +4,7 @@
   sensor or both fused).
 * :class:`DetectionHead`: frame (+ depth) -> tracked objects with 3-D
   positions, or the tracker's prediction on frames the detector skips.
-* :class:`HeadSchedule`: which heads run on each processed frame.
+* which heads run on each frame is decided by :mod:`.head_budget`.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class DepthHead:
     the RGB size and fused with the frame's sensor depth (a relative network
     without sensor depth gives source 'none': it has no metres). Depths outside
     ``[min_m, max_m]`` are unknown, sensor and network alike. ``every_n`` is
-    how often the node runs this head (see :class:`HeadSchedule`); the head
+    how often the node runs this head (see :mod:`.head_budget`); the head
     itself runs whenever :meth:`run` is called.
     """
 
@@ -290,82 +290,3 @@ class DetectionHead:
                            class_names=self.class_names)
 
 
-HEADS = ("depth", "detection")
-
-
-class HeadSchedule:
-    """Decides, per processed frame, whether the depth and detection heads run.
-
-    The encoder (features) runs on every processed frame and is not scheduled
-    here. ``frame_index`` counts processed frames (0, 1, 2, ...). Policy, per
-    head:
-
-    * The first frame asked about (after construction or :meth:`reset`) runs
-      it. After that the head is *due* once ``every_n`` frames have passed
-      since it last ran: without overload, frames 0, n, 2n, ...
-    * ``over_budget=False``: a head runs exactly when it is due, or when it
-      was postponed on the previous decision.
-    * ``over_budget=True`` (the caller measured that the last frame took
-      longer than the frame period): a head that is not due is never run; a
-      due head is postponed to the next frame, where it runs whatever the
-      budget: one frame late at most. The cadence counts from the frame it
-      really ran, so persistent overload stretches a head's period from n to
-      n + 1 frames (every_n = 1: every other frame) and sheds load, while the
-      features keep the frame rate.
-
-    Asking twice about the same head and frame gives the same answer. A
-    ``frame_index`` below the head's last run restarts its cadence (as
-    :meth:`reset` does).
-    """
-
-    def __init__(self, depth_every_n: int = 1, detection_every_n: int = 1) -> None:
-        self._every_n = {"depth": 1, "detection": 1}
-        self.reconfigure(depth_every_n, detection_every_n)
-        self.reset()
-
-    def reconfigure(self, depth_every_n: Optional[int] = None,
-                    detection_every_n: Optional[int] = None) -> None:
-        """Change the periods live; a None keeps the current one. Cadence state is kept."""
-        new = dict(self._every_n)
-        if depth_every_n is not None:
-            new["depth"] = _positive_int("depth_every_n", depth_every_n)
-        if detection_every_n is not None:
-            new["detection"] = _positive_int("detection_every_n", detection_every_n)
-        self._every_n = new
-
-    def reset(self) -> None:
-        """Start over: the next frame runs every head."""
-        self._last_run: Dict[str, Optional[int]] = {h: None for h in HEADS}
-        self._postponed = {h: False for h in HEADS}
-        self._decided: Dict[str, Tuple[int, bool]] = {}
-
-    @property
-    def depth_every_n(self) -> int:
-        return self._every_n["depth"]
-
-    @property
-    def detection_every_n(self) -> int:
-        return self._every_n["detection"]
-
-    def should_run(self, head: str, frame_index: int, over_budget: bool = False) -> bool:
-        """True if ``head`` ('depth' or 'detection') runs on processed frame ``frame_index``."""
-        if head not in HEADS:
-            raise ConfigError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
-        if isinstance(frame_index, bool) or not isinstance(frame_index, numbers.Integral):
-            raise ConfigError(f"frame_index must be an integer, got {frame_index!r}")
-        frame_index = int(frame_index)
-        decided = self._decided.get(head)
-        if decided is not None and decided[0] == frame_index:
-            return decided[1]
-        last = self._last_run[head]
-        if last is None or frame_index < last or self._postponed[head]:
-            run = True
-        else:
-            due = frame_index - last >= self._every_n[head]
-            run = due and not over_budget
-            self._postponed[head] = due and over_budget
-        if run:
-            self._last_run[head] = frame_index
-            self._postponed[head] = False
-        self._decided[head] = (frame_index, run)
-        return run

@@ -18,10 +18,11 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float32MultiArray, Header
 from visualization_msgs.msg import MarkerArray
 
+from ..core.compressed_codec import decode_compressed_color, decode_compressed_depth
 from ..core.config import SPECS, VisionConfig, check_value, validate
 from ..core.errors import InputError, VisionError
 from ..core.frames import CameraIntrinsics, FeatureResult, RgbdFrame  # noqa: F401
@@ -119,13 +120,16 @@ class VisionNode(LifecycleNode):
                                        self._publish, self._stats, self._warn,
                                        clock_ns=lambda: self.get_clock().now().nanoseconds)
         in_qos = keep_last(cfg.qos_image_reliability, cfg.qos_image_depth)
+        rgb_type, rgb_topic = _input("camera/color/image_raw", cfg.input_rgb_transport, self)
         self._subs = [
-            self.create_subscription(Image, "camera/color/image_raw", self._on_rgb, in_qos),
+            self.create_subscription(rgb_type, rgb_topic, self._on_rgb, in_qos),
             self.create_subscription(CameraInfo, "camera/color/camera_info", self._on_info,
                                      in_qos),
         ]
         if cfg.sync_use_depth:
-            self._subs.append(self.create_subscription(Image, "camera/depth/image_raw",
+            depth_type, depth_topic = _input("camera/depth/image_raw",
+                                             cfg.input_depth_transport, self)
+            self._subs.append(self.create_subscription(depth_type, depth_topic,
                                                        self._on_depth, in_qos))
         self._worker.start()
         self._active = True
@@ -238,14 +242,18 @@ class VisionNode(LifecycleNode):
     def _decode(self, pending: PendingFrame) -> RgbdFrame:
         """Runs on the worker thread: message -> numpy (InputError on bad input)."""
         cfg = self._cfg
-        msg: Image = pending.rgb
-        rgb = image_msg_to_rgb(msg)
+        msg = pending.rgb
+        rgb = (decode_compressed_color(msg.format, msg.data)
+               if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg))
         depth_m = None
         if pending.depth is not None:
             try:
-                depth_m = align_depth_to_rgb(
-                    image_msg_to_depth_m(pending.depth, cfg.depth_min_m, cfg.depth_max_m),
-                    rgb.shape[:2])
+                depth_msg = pending.depth
+                depth_m = (decode_compressed_depth(depth_msg.format, depth_msg.data,
+                                                   cfg.depth_min_m, cfg.depth_max_m)
+                           if isinstance(depth_msg, CompressedImage) else
+                           image_msg_to_depth_m(depth_msg, cfg.depth_min_m, cfg.depth_max_m))
+                depth_m = align_depth_to_rgb(depth_m, rgb.shape[:2])
             except InputError as exc:
                 # A bad depth image does not cost the colour frame its features.
                 self._stats.count(f"depth_{exc.reason}")
@@ -373,6 +381,17 @@ class RosLogHandler(logging.Handler):
             self._logger.warning(text)
         else:
             self._logger.info(text)
+
+
+def _input(base_topic: str, transport: str, node: LifecycleNode):
+    """Message type and topic of an image input, image_transport style.
+
+    A compressed transport subscribes to ``<resolved base topic>/<transport>``,
+    so remapping the base topic moves the compressed one with it.
+    """
+    if transport == "raw":
+        return Image, base_topic
+    return CompressedImage, f"{node.resolve_topic_name(base_topic)}/{transport}"
 
 
 def _fmt(value: float) -> str:
