@@ -8,7 +8,6 @@ The PointCloud2 packing is :func:`~robot_vision_ros.ros.conversions.pack_pointcl
 """
 from __future__ import annotations
 
-import colorsys
 import math
 from typing import List, Optional, Tuple
 
@@ -22,6 +21,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ..core.detections import ObjectTable
 from ..core.errors import ConfigError, InputError
 from ..core.frames import CameraIntrinsics
+from ..core.render import track_color
 from .conversions import pack_pointcloud2, unpack_pointcloud2
 
 #: One row of the ``/vision/detections`` object table, in contract order
@@ -41,7 +41,6 @@ _CUBE_ALPHA, _PREDICTED_ALPHA = 0.5, 0.25
 #: Marker ids are int32; two per track (cube 2t, label 2t + 1) wrap within it.
 _MARKER_ID_MODULUS = 2 ** 30
 _UINT32_MAX = np.iinfo(np.uint32).max
-_GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 
 
 # ---------------------------------------------------------------- object table
@@ -95,13 +94,8 @@ def pointcloud2_to_object_rows(msg: PointCloud2) -> np.ndarray:
 # ---------------------------------------------------------------- markers
 
 def track_color_rgb(track_id: int) -> Tuple[float, float, float]:
-    """Deterministic, well-separated colour of a track id, RGB in 0..1.
-
-    Hues step by the golden ratio so consecutive ids differ strongly; no
-    state, so every process (markers, image overlays) agrees on a colour.
-    """
-    hue = (int(track_id) * _GOLDEN_RATIO_CONJUGATE) % 1.0
-    return colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    """The track's colour of the image overlays (:func:`core.render.track_color`), in 0..1."""
+    return tuple(c / 255.0 for c in track_color(track_id))
 
 
 def marker_ids(track_id: int) -> Tuple[int, int]:
