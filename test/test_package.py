@@ -68,3 +68,17 @@ def test_rqt_perspective_opens_depth_and_detection_views():
     topics = {ast.literal_eval(g["groups"]["plugin"]["keys"]["topic"]["repr"])
               for g in manager["groups"].values()}
     assert topics == {"/vision/depth/colored", "/vision/detections/image"}
+
+
+@pytest.mark.parametrize("name,params,text", [
+    ("video_camera", {"source": "/no/such/video.avi"}, "neither a file, a folder nor"),
+    ("video_camera", {}, "parameter 'source' is empty"),
+    ("sim_camera", {"depth_encoding": "rgb8"}, "depth_encoding must be 16UC1 or 32FC1"),
+])
+def test_camera_executables_refuse_bad_parameters_with_the_reason(name, params, text):
+    import subprocess
+
+    from robot_vision_ros.ros import processes
+    proc = processes.start(name, params=params, stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and text in out, out

@@ -11,11 +11,40 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 _MODULES = {"vision_node": "robot_vision_ros.ros.vision_node",
             "sim_camera": "robot_vision_ros.ros.sim_camera",
             "video_camera": "robot_vision_ros.ros.video_camera"}
+
+
+def spin_main(node_factory: Callable[[], Any], name: str,
+              args: Optional[List[str]] = None) -> int:
+    """``main`` of a simple node executable: build, spin until Ctrl-C, clean up.
+
+    A ConfigError or InputError from the constructor (a bad parameter, a
+    missing file) is printed and gives exit code 2 instead of a traceback.
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from ..core.errors import ConfigError, InputError
+
+    rclpy.init(args=args)
+    try:
+        node = node_factory()
+    except (ConfigError, InputError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
 
 
 def executable(name: str) -> List[str]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -19,6 +17,8 @@ from std_msgs.msg import Header
 from ..core.errors import ConfigError
 from ..core.sim_scene import SimScene
 from .conversions import depth_m_to_image_msg, rgb_to_image_msg
+from .outputs import intrinsics_to_camera_info
+from .processes import spin_main
 from .qos import keep_last
 
 
@@ -50,20 +50,11 @@ class SimCamera(Node):
             self._cache.append((rgb_to_image_msg(frame.rgb, blank),
                                 depth_m_to_image_msg(frame.depth_m, blank,
                                                      encoding=p["depth_encoding"])))
-        self._info = self._camera_info()
+        self._info = intrinsics_to_camera_info(self._scene.intrinsics, blank)
         self._index = 0
         self._timer = self.create_timer(1.0 / p["rate_hz"], self._tick)
         self.get_logger().info(f"sim camera: {p['width']}x{p['height']} at {p['rate_hz']} Hz, "
                                f"{p['num_objects']} objects, seed {p['seed']}")
-
-    def _camera_info(self) -> CameraInfo:
-        k = self._scene.intrinsics
-        info = CameraInfo(width=k.width, height=k.height, distortion_model="plumb_bob")
-        info.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
-        info.p = [k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-        info.d = [0.0] * 5
-        return info
 
     def _tick(self) -> None:
         max_frames = self._p["max_frames"]
@@ -82,21 +73,7 @@ class SimCamera(Node):
 
 def main(args: Optional[List[str]] = None) -> int:
     """Entry point of ``ros2 run robot_vision_ros sim_camera``."""
-    rclpy.init(args=args)
-    try:
-        node = SimCamera()
-    except ConfigError as exc:
-        print(f"sim_camera: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_main(SimCamera, "sim_camera", args)
 
 
 if __name__ == "__main__":

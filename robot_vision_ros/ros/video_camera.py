@@ -12,8 +12,6 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -21,6 +19,8 @@ from std_msgs.msg import Header
 from ..core.errors import ConfigError, InputError
 from ..core.video_source import VideoSource, load_camera_info_yaml, pinhole_guess
 from .conversions import rgb_to_image_msg
+from .outputs import intrinsics_to_camera_info
+from .processes import spin_main
 from .qos import keep_last
 
 
@@ -43,11 +43,7 @@ class VideoCamera(Node):
             raise ConfigError(f"rate_hz must be > 0 (the source reports {self._source.fps})")
         k = (load_camera_info_yaml(info_file) if info_file
              else pinhole_guess(self._source.width, self._source.height))
-        self._info = CameraInfo(width=k.width, height=k.height, distortion_model="plumb_bob")
-        self._info.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
-        self._info.p = [k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-        self._info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-        self._info.d = [0.0] * 5
+        self._info = intrinsics_to_camera_info(k, Header(frame_id=self._frame_id))
         qos = keep_last("reliable", 1)
         self._rgb_pub = self.create_publisher(Image, "camera/color/image_raw", qos)
         self._info_pub = self.create_publisher(CameraInfo, "camera/color/camera_info", qos)
@@ -78,21 +74,7 @@ class VideoCamera(Node):
 
 def main(args: Optional[List[str]] = None) -> int:
     """Entry point of ``ros2 run robot_vision_ros video_camera --ros-args -p source:=FILE``."""
-    rclpy.init(args=args)
-    try:
-        node = VideoCamera()
-    except (ConfigError, InputError) as exc:
-        print(f"video_camera: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_main(VideoCamera, "video_camera", args)
 
 
 if __name__ == "__main__":
