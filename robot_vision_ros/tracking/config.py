@@ -31,6 +31,8 @@ class TrackerConfig:
     # Third pass (tentative tracks vs high detections left over): minimum IoU.
     unconfirmed_match_iou: float = 0.3
     fuse_score: bool = True
+    # Second pass also offers lost tracks to low-score detections (see tracker.py).
+    low_score_revives_lost: bool = True
     # A track is reported after this many matched updates (the birth counts).
     min_hits: int = 3
     # Tracks born on the first update after start or reset() are reported at
@@ -48,7 +50,7 @@ class TrackerConfig:
             object.__setattr__(self, name, _real(name, getattr(self, name)))
         for name in ("min_hits", "max_lost"):
             _integer(name, getattr(self, name))
-        for name in ("fuse_score", "confirm_first_frame", "class_aware"):
+        for name in ("fuse_score", "low_score_revives_lost", "confirm_first_frame", "class_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"TrackerConfig.{name} must be true or false, "
                                   f"got {getattr(self, name)!r}")

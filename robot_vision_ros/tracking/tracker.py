@@ -4,9 +4,10 @@ Association per update (Zhang et al., "ByteTrack", ECCV 2022):
 
 1. high-score detections vs confirmed tracks, tracked and lost (IoU with the
    Kalman-predicted boxes, optionally fused with the detection score);
-2. low-score detections vs the confirmed tracks still unmatched that were
-   tracked (not lost) at the previous update: they keep occluded or blurred
-   objects alive but never start tracks;
+2. low-score detections vs the confirmed tracks still unmatched (with
+   ``low_score_revives_lost``, the default, lost ones too: an object coming
+   out of an occlusion is partly hidden and scores low, and re-finding its old
+   track beats starting a new id); they never start tracks;
 3. tentative tracks vs the high detections left over; a tentative track that
    misses once is dropped;
 4. high detections still unmatched with ``score >= new_track_thresh`` start
@@ -112,8 +113,9 @@ class Tracker:
         rest_tracks = pool[rest_rows]
         rest_high = high[rest_cols]
 
-        # Pass 2: low detections vs the remaining tracks that were not lost.
-        tracked_rest = rest_tracks[~self._lost[rest_tracks]]
+        # Pass 2: low detections vs the remaining tracks (lost ones only if configured).
+        tracked_rest = (rest_tracks if cfg.low_score_revives_lost
+                        else rest_tracks[~self._lost[rest_tracks]])
         m2, missed_rows, _ = linear_assignment(
             self._cost(iou, tracked_rest, low, scores, class_ids, False),
             1.0 - cfg.second_match_iou)
