@@ -146,3 +146,15 @@ def test_parameters_are_validated_live_and_at_start(ros):
         log = node.log()
         assert "fp8" in log and "resnet1000" in log and "known:" in log
     probe.destroy_node()
+
+
+def test_fidelity_guard_refuses_to_activate_with_the_measured_figure(ros, asset):
+    params = dict(PARAMS, backbone="resnet18", **{
+        "compression.mode": "prune", "compression.prune_method": "unstructured",
+        "compression.prune_amount": 0.9, "compression.calibration": str(asset("vtest.avi")),
+        "compression.calibration_frames": 8, "compression.min_fidelity": 0.999})
+    with running("vision_node", params=params, remaps=REMAPS) as node:
+        assert wait_for_log(node, "configure failed", 120), node.log()
+        log = node.log()
+        assert "below compression.min_fidelity = 0.9990" in log and "fidelity cosine = " in log
+        assert node.poll() is None

@@ -120,3 +120,33 @@ def test_torch_compile_gives_the_same_features(frames):
     eager, compiled = _twins("realtime", (64, 64), compile_mode="default")
     a, b = eager.process(frames[3]), compiled.process(frames[3])
     assert np.allclose(a.pooled, b.pooled, atol=1e-4, rtol=1e-3)
+
+
+def test_compression_int8_passes_the_fidelity_guard_and_reports_it(asset):
+    video = str(asset("vtest.avi"))
+    pipe = _pipeline(backbone="resnet18", input_size=[64, 64], **{
+        "compression.mode": "int8", "compression.calibration": video,
+        "compression.calibration_frames": 8, "compression.min_fidelity": 0.9})
+    guard = pipe.compression["guard"]
+    assert guard["metric"] == "cosine" and guard["value"] >= 0.9 and guard["frames"] == 2
+    assert pipe.compression["method"] == "static"
+    frame = RgbdFrame(rgb=np.zeros((120, 160, 3), np.uint8), stamp_ns=1)
+    assert pipe.process(frame).pooled.shape == (32,)
+
+
+def test_compression_below_the_fidelity_floor_refuses_with_the_figure(asset):
+    video = str(asset("vtest.avi"))
+    with pytest.raises(ConfigError) as err:
+        _pipeline(backbone="resnet18", input_size=[64, 64], **{
+            "compression.mode": "prune", "compression.prune_method": "unstructured",
+            "compression.prune_amount": 0.9, "compression.calibration": video,
+            "compression.calibration_frames": 8, "compression.min_fidelity": 0.999})
+    assert "below compression.min_fidelity = 0.9990" in str(err.value)
+    assert "fidelity cosine = 0." in str(err.value)
+
+
+def test_compression_guard_needs_calibration_frames():
+    with pytest.raises(ConfigError, match="needs compression.calibration"):
+        _pipeline(**{"compression.mode": "int8"})
+    with pytest.raises(ConfigError, match="needs compression.student"):
+        validate({"compression.mode": "distilled"})

@@ -86,6 +86,42 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "the rate; false = strictly every_n.", dynamic=True),
     ParamSpec("publish_tokens", True,
               "Publish the stamped token table on features/tokens.", dynamic=True),
+    ParamSpec("compression.mode", "none",
+              "Make the encoder cheaper: none, prune, int8 (static for CNNs with calibration "
+              "frames, dynamic for ViTs) or distilled (run a student from tools.distill).",
+              choices=("none", "prune", "int8", "distilled")),
+    ParamSpec("compression.prune_method", "structured",
+              "structured (torch-pruning removes channels: faster) or unstructured (L1 "
+              "zeroes weights: no speed-up on dense kernels).",
+              choices=("structured", "unstructured")),
+    ParamSpec("compression.prune_amount", 0.3,
+              "Fraction of channels (structured) or weights (unstructured) pruned.",
+              min=0.01, max=0.95),
+    ParamSpec("compression.finetune_steps", 0,
+              "Feature-matching fine-tune steps on the calibration frames after pruning.",
+              min=0, max=100000),
+    ParamSpec("compression.int8_method", "auto",
+              "auto (static for CNN encoders, dynamic for the rest), static or dynamic.",
+              choices=("auto", "static", "dynamic")),
+    ParamSpec("compression.student", "",
+              "distilled: the student's encoder name (the backbone is the teacher)."),
+    ParamSpec("compression.student_weights", "",
+              "distilled: the student file written by tools.distill."),
+    ParamSpec("compression.calibration", "",
+              "Calibration frames for INT8, pruning fine-tunes and the fidelity guard: a "
+              "folder of images, a video or an .npz of uint8 frames."),
+    ParamSpec("compression.calibration_frames", 32,
+              "How many calibration frames to read (every 4th is held out for fidelity).",
+              min=2, max=10000),
+    ParamSpec("compression.min_fidelity", 0.95,
+              "Refuse to activate when the compressed encoder's fidelity to the original on "
+              "the held-out calibration frames is below this (0 = no guard).",
+              min=0.0, max=1.0),
+    ParamSpec("compression.fidelity_metric", "cosine",
+              "Fidelity measure: cosine of pooled features, centred_cosine, linear_cka, "
+              "top1_agreement or logit_cosine (the last two need classifier heads).",
+              choices=("cosine", "centred_cosine", "linear_cka", "top1_agreement",
+                       "logit_cosine")),
     ParamSpec("rgbd.rgb_backbone", "mobilenet_v3_small",
               "rgbd_hybrid only: the RGB encoder inside the hybrid."),
     ParamSpec("rgbd.rgb_weights", "",
@@ -216,6 +252,17 @@ class VisionConfig:
     skip_frames: int
     adaptive_heads: bool
     publish_tokens: bool
+    compression_mode: str
+    compression_prune_method: str
+    compression_prune_amount: float
+    compression_finetune_steps: int
+    compression_int8_method: str
+    compression_student: str
+    compression_student_weights: str
+    compression_calibration: str
+    compression_calibration_frames: int
+    compression_min_fidelity: float
+    compression_fidelity_metric: str
     rgbd_rgb_backbone: str
     rgbd_rgb_weights: str
     rgbd_use_depth: bool
@@ -264,6 +311,19 @@ class VisionConfig:
         return {"rgb_backbone": self.rgbd_rgb_backbone, "rgb_weights": self.rgbd_rgb_weights,
                 "use_depth": self.rgbd_use_depth, "use_temporal": self.rgbd_use_temporal,
                 "temporal_window": self.rgbd_temporal_window, "num_slots": self.rgbd_num_slots}
+
+    def compression_options(self) -> Dict[str, Any]:
+        """Options of ``compression.compress`` for the configured mode."""
+        if self.compression_mode == "prune":
+            return {"method": self.compression_prune_method,
+                    "amount": self.compression_prune_amount,
+                    "finetune_steps": self.compression_finetune_steps}
+        if self.compression_mode == "int8":
+            return {"method": self.compression_int8_method}
+        if self.compression_mode == "distilled":
+            return {"student": self.compression_student,
+                    "student_weights": self.compression_student_weights}
+        return {}
 
     def detector_options(self) -> Dict[str, Any]:
         """Factory arguments of the configured detector."""
@@ -382,6 +442,13 @@ def _cross_checks(values: Mapping[str, Any]) -> List[str]:
                            f"{', '.join(det_known)}")
         if detector == "onnx" and not values["detection.weights"]:
             reasons.append("detection.model='onnx' needs detection.weights = the .onnx file")
+    mode = values["compression.mode"]
+    if mode == "distilled" and not (values["compression.student"]
+                                    and values["compression.student_weights"]):
+        reasons.append("compression.mode='distilled' needs compression.student and "
+                       "compression.student_weights (the file tools.distill wrote)")
+    if mode not in ("none", None) and values["backend"] == "onnxruntime":
+        reasons.append(f"compression.mode={mode!r} runs with backend torch, not onnxruntime")
     low, high = values["tracking.low_thresh"], values["tracking.high_thresh"]
     if isinstance(low, float) and isinstance(high, float) and low > high:
         reasons.append(f"tracking.low_thresh={low} must not exceed tracking.high_thresh={high}")

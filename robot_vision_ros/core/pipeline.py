@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Deque, Tuple
+from typing import Any, Deque, Dict, Tuple
 
 import numpy as np
 import torch
@@ -14,11 +14,44 @@ from ..models.registry import create_model
 from .config import VisionConfig
 from .backends import OnnxRuntimeEncoder, compile_encoder
 from .device import ComputeTarget, resolve_target
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .frames import FeatureResult, RgbdFrame
 from .preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
+
+
+def compress_encoder(encoder: VisionEncoder, cfg: VisionConfig
+                     ) -> Tuple[VisionEncoder, Dict[str, Any]]:
+    """Apply ``compression.*`` and the fidelity guard; ConfigError below the floor.
+
+    Calibration frames are read from ``compression.calibration``; every 4th is
+    held out, and the guard compares the compressed encoder with the original
+    on those (the figure is in the error, the log and diagnostics).
+    """
+    from ..compression import check_fidelity, compress, load_calibration_frames
+    from ..compression.apply import split_frames
+
+    frames = None
+    if cfg.compression_calibration:
+        frames = load_calibration_frames(cfg.compression_calibration,
+                                         cfg.compression_calibration_frames, cfg.input_size)
+    elif cfg.compression_min_fidelity > 0:
+        raise ConfigError("compression.min_fidelity > 0 needs compression.calibration (a "
+                          "folder of images, a video or an .npz of frames) to measure on; "
+                          "set compression.min_fidelity: 0 to run without the guard")
+    model, report = compress(encoder, cfg.compression_mode, cfg.compression_options(), frames)
+    if frames is not None:
+        _, held_out = split_frames(frames)
+        figure = check_fidelity(encoder, model, held_out, cfg.compression_min_fidelity,
+                                cfg.compression_fidelity_metric)
+        report["guard"] = {"metric": cfg.compression_fidelity_metric, "value": figure,
+                           "min": cfg.compression_min_fidelity, "frames": len(held_out)}
+        log.info("compression %s: fidelity %s = %.4f (floor %.2f) on %d held-out frames",
+                 cfg.compression_mode, cfg.compression_fidelity_metric, figure,
+                 cfg.compression_min_fidelity, len(held_out))
+    model.name = getattr(model, "name", "") or encoder.name
+    return model, report
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -45,6 +78,8 @@ class EncoderPipeline:
             raise
         self.encoder = encoder
         self.backend = backend
+        #: What compression did, with the guard's fidelity figure (empty: none).
+        self.compression: Dict[str, Any] = {}
         self._encode = encoder.encode
         if backend == "onnxruntime":
             ort_encoder = OnnxRuntimeEncoder(encoder, input_hw, target.device, num_threads)
@@ -75,7 +110,13 @@ class EncoderPipeline:
         if not cfg.weights:
             log.warning("encoder '%s' has random weights: its features carry no meaning until "
                         "weights are given (weights: imagenet or a file)", cfg.backbone)
-        return cls(encoder, cfg.input_size, target, cfg.backend, cfg.compile, cfg.num_threads)
+        report: Dict[str, Any] = {}
+        if cfg.compression_mode != "none":
+            encoder, report = compress_encoder(encoder, cfg)
+        pipeline = cls(encoder, cfg.input_size, target, cfg.backend, cfg.compile,
+                       cfg.num_threads)
+        pipeline.compression = report
+        return pipeline
 
     def reset(self) -> None:
         """Forget temporal context (after a stamp reset)."""

@@ -353,7 +353,12 @@ class VisionNode(LifecycleNode):
                                   hardware_id=str(self._pipeline.encoder.target.device)
                                   if self._pipeline else "")
         values = {"backbone": cfg.backbone, "device": cfg.device, "precision": cfg.precision,
-                  "target_fps": f"{cfg.target_fps:g}", "skip_frames": str(cfg.skip_frames)}
+                  "target_fps": f"{cfg.target_fps:g}", "skip_frames": str(cfg.skip_frames),
+                  "compression": cfg.compression_mode}
+        guard = (self._pipeline.encoder.compression.get("guard") if self._pipeline else None)
+        if guard:
+            values["compression_fidelity"] = f"{guard['value']:.4f}"
+            values["compression_fidelity_metric"] = guard["metric"]
         values.update({k: _fmt(v) for k, v in sorted(snap.items())})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
