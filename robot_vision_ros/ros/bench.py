@@ -70,6 +70,9 @@ class Window:
             "age_bound_ms": processing + 2 * 1000.0 / rate_hz + 10.0,
             "node_cpu_percent": self.node_cpu_percent,
             "node_rss_mb": self.node_rss_mb,
+            # The node's own accounting (cumulative since activation), e.g. head runs.
+            "node_counters": {k: float(v) for k, v in self.node_diag.items()
+                              if _is_number(v)},
         }
 
 
@@ -218,8 +221,18 @@ class NodeUnderTest:
         self.log.close()
 
 
-def _median_dicts(items: List[Dict[str, float]]) -> Dict[str, float]:
-    return {k: float(statistics.median(d[k] for d in items)) for k in items[0]}
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _median_dicts(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Median of every numeric field across runs (nested dicts: the last run's)."""
+    return {k: (items[-1][k] if isinstance(items[0][k], dict)
+                else float(statistics.median(d[k] for d in items))) for k in items[0]}
 
 
 def run_config(params: Dict[str, Any], args: argparse.Namespace,
