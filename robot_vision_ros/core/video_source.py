@@ -97,3 +97,46 @@ def load_camera_info_yaml(path: str) -> CameraIntrinsics:
                                 int(data["image_width"]), int(data["image_height"]))
     except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise ConfigError(f"cannot read camera calibration {path}: {exc!r}") from exc
+
+
+def is_rgbd_recording(spec: str) -> bool:
+    """A ROS 2 bag directory or a folder with ``rgb/`` and ``depth/`` (see ``rgbd_dataset``)."""
+    path = Path(spec)
+    return path.is_dir() and ((path / "metadata.yaml").is_file()
+                              or ((path / "rgb").is_dir() and (path / "depth").is_dir()))
+
+
+class RgbdSource:
+    """Sequential ``(rgb, depth_m)`` pairs of an RGB-D recording or bag, as a camera plays it.
+
+    ``fps`` comes from the recording's stamps (30 when it has none).
+    """
+
+    def __init__(self, spec: str, rgb_topic: str = "", depth_topic: str = "") -> None:
+        from .rgbd_dataset import RgbdRecording
+
+        self.spec = spec
+        self._recording = RgbdRecording.open(spec, rgb_topic, depth_topic)
+        if len(self._recording) == 0:
+            raise ConfigError(f"RGB-D recording {spec} has no frames")
+        self._index = 0
+        first = self._recording[0]
+        self.height, self.width = first.rgb.shape[:2]
+        stamps = np.asarray(self._recording.stamps_ns, dtype=np.float64)
+        steps = np.diff(stamps)
+        steps = steps[steps > 0]
+        self.fps = float(1e9 / np.median(steps)) if len(steps) else 30.0
+
+    def __len__(self) -> int:
+        return len(self._recording)
+
+    def read(self):
+        """Next ``(rgb, depth_m)``, or None at the end."""
+        if self._index >= len(self._recording):
+            return None
+        sample = self._recording[self._index]
+        self._index += 1
+        return sample.rgb, sample.depth_m
+
+    def rewind(self) -> None:
+        self._index = 0

@@ -1,11 +1,15 @@
-"""``video_camera``: publish a video file, an image folder or a camera device as a camera.
+"""``video_camera``: publish a video file, an image folder, a camera device, an RGB-D
+recording or a ROS 2 bag as a camera.
 
 Publishes ``camera/color/image_raw`` (rgb8) and ``camera/color/camera_info``
-at the file's rate or ``rate_hz``, looping or once. Camera info comes from a
-ROS calibration YAML (``camera_info_file``) or a pinhole guess
-(60 degree horizontal field of view) when none is given.
+at the file's rate or ``rate_hz``, looping or once; for RGB-D recordings and
+bags (a folder with ``rgb/`` + ``depth/``, or a bag directory read with
+``rosbags``, no ROS needed) also ``camera/depth/image_raw`` (32FC1 metres).
+Camera info comes from a ROS calibration YAML (``camera_info_file``) or a
+pinhole guess (60 degree horizontal field of view) when none is given.
 Parameters: ``source`` (path or device index), ``rate_hz`` (0 = the file's
-rate), ``loop``, ``frame_id``, ``camera_info_file``.
+rate), ``loop``, ``frame_id``, ``camera_info_file``, ``bag_rgb_topic``,
+``bag_depth_topic``.
 """
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from ..core.errors import ConfigError, InputError
-from ..core.video_source import VideoSource, load_camera_info_yaml, pinhole_guess
-from .conversions import rgb_to_image_msg
+from ..core.video_source import (RgbdSource, VideoSource, is_rgbd_recording,
+                                 load_camera_info_yaml, pinhole_guess)
+from .conversions import depth_m_to_image_msg, rgb_to_image_msg
 from .outputs import intrinsics_to_camera_info
 from .processes import spin_main
 from .qos import keep_last
@@ -34,10 +39,13 @@ class VideoCamera(Node):
         self._loop = bool(self.declare_parameter("loop", True).value)
         self._frame_id = self.declare_parameter("frame_id", "camera_color_optical_frame").value
         info_file = self.declare_parameter("camera_info_file", "").value
+        bag_rgb = self.declare_parameter("bag_rgb_topic", "").value
+        bag_depth = self.declare_parameter("bag_depth_topic", "").value
         if not source:
             raise ConfigError("parameter 'source' is empty: give a video file, an image folder "
                               "or a camera device index")
-        self._source = VideoSource(source)
+        self._source = (RgbdSource(source, bag_rgb, bag_depth) if is_rgbd_recording(source)
+                        else VideoSource(source))
         rate = rate_hz if rate_hz > 0 else self._source.fps
         if not rate > 0:
             raise ConfigError(f"rate_hz must be > 0 (the source reports {self._source.fps})")
@@ -47,6 +55,8 @@ class VideoCamera(Node):
         qos = keep_last("reliable", 1)
         self._rgb_pub = self.create_publisher(Image, "camera/color/image_raw", qos)
         self._info_pub = self.create_publisher(CameraInfo, "camera/color/camera_info", qos)
+        self._depth_pub = (self.create_publisher(Image, "camera/depth/image_raw", qos)
+                           if isinstance(self._source, RgbdSource) else None)
         self.published = 0
         self._timer = self.create_timer(1.0 / rate, self._tick)
         self.get_logger().info(f"video camera: {source} ({self._source.width}x"
@@ -67,6 +77,9 @@ class VideoCamera(Node):
             return
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id)
         self._info.header = header
+        if self._depth_pub is not None:
+            rgb, depth_m = rgb
+            self._depth_pub.publish(depth_m_to_image_msg(depth_m, header))
         self._rgb_pub.publish(rgb_to_image_msg(rgb, header))
         self._info_pub.publish(self._info)
         self.published += 1
