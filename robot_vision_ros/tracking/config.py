@@ -24,13 +24,14 @@ class TrackerConfig:
     low_thresh: float = 0.1
     new_track_thresh: float = 0.6
     # First pass (high detections vs tracked + lost tracks): minimum IoU, or
-    # IoU * detection score when fuse_score is on (ByteTrack's MOT17 setting).
+    # IoU * detection score when fuse_score is on (ByteTrack's MOT17 setting; off by
+    # default: on vtest.avi it fragmented more tracks than it joined).
     match_iou: float = 0.2
     # Second pass (low detections vs tracks left unmatched): minimum plain IoU.
     second_match_iou: float = 0.5
     # Third pass (tentative tracks vs high detections left over): minimum IoU.
     unconfirmed_match_iou: float = 0.3
-    fuse_score: bool = True
+    fuse_score: bool = False
     # Second pass also offers lost tracks to low-score detections (see tracker.py).
     low_score_revives_lost: bool = True
     # A track is reported after this many matched updates (the birth counts).
