@@ -369,9 +369,24 @@ def test_fusion_in_relative_depth_space_and_metric_alignment():
     aligned = fuse_depth(metric, sensor, "metric")
     assert aligned.source == "fused" and aligned.fit.valid
     np.testing.assert_allclose(aligned.depth_m[holes], gt[holes], rtol=1e-5)
-    raw = fuse_depth(metric, sensor, "metric", align_metric=False)
+    raw = fuse_depth(metric, sensor, "metric", align_metric=False, local_correction=False)
     assert raw.fit is None
     np.testing.assert_allclose(raw.depth_m[holes], metric[holes], rtol=1e-6)
+    # Without the global fit, the local sensor/prediction ratio still corrects the scale.
+    local = fuse_depth(metric, sensor, "metric", align_metric=False)
+    np.testing.assert_allclose(local.depth_m[holes], gt[holes], rtol=1e-5)
+
+
+def test_local_correction_follows_local_errors_a_global_fit_cannot():
+    gt, sensor, holes, _ = _fusion_scene(seed=2)
+    # A prediction whose error varies across the image (left half 20% short).
+    pred = gt.copy()
+    pred[:, : gt.shape[1] // 2] *= 0.8
+    global_only = fuse_depth(pred, sensor, "metric", local_correction=False)
+    local = fuse_depth(pred, sensor, "metric")
+    err_global = depth_metrics(global_only.depth_m, gt, holes)["abs_rel"]
+    err_local = depth_metrics(local.depth_m, gt, holes)["abs_rel"]
+    assert err_local < 0.5 * err_global, (err_local, err_global)
 
 
 def test_fusion_without_sensor_or_without_prediction():

@@ -36,9 +36,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-from scipy import ndimage
 
-from ..core.depth_fusion import depth_metrics, nearest_fill
+from ..core.depth_fusion import depth_metrics, nearest_fill, nearest_ratio_fill
 from ..core.errors import ConfigError, VisionError
 from ..core.frames import RgbdFrame
 from ..core.heads import DepthHead
@@ -46,32 +45,13 @@ from ..models.weights import load_checkpoint
 
 DEFAULT_SEEDS = (100, 101, 102)
 METHODS = ("sensor nearest_fill", "network alone", "fused (node)")
-#: Not what the node publishes: a candidate fusion for depth_fusion, scored for comparison.
-PROPOSAL = "residual fill (proposal)"
+#: Ratio fill of the raw prediction without the global fit the node does first.
+PROPOSAL = "ratio fill, no global fit"
 
 
 def residual_fill(pred_m: np.ndarray, sensor_m: np.ndarray) -> np.ndarray:
-    """Sensor depth with holes filled by the prediction times the nearest valid pixel's
-    ``sensor / pred`` ratio.
-
-    A global scale-and-shift fit (what ``fuse_depth`` does) cannot undo a
-    prediction's local errors; correcting it by the ratio at the nearest sensor
-    pixel keeps the prediction's shape inside a hole and the sensor's level at
-    its border. Written here to measure it before proposing it for
-    ``core.depth_fusion``.
-    """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        both = np.isfinite(sensor_m) & (sensor_m > 0) & np.isfinite(pred_m) & (pred_m > 0)
-        out = np.where(np.isfinite(sensor_m) & (sensor_m > 0), sensor_m, np.nan)
-        if not both.any():
-            return out.astype(np.float32)
-        log_ratio = np.where(both, np.log(sensor_m) - np.log(pred_m), 0.0)
-    rows, cols = ndimage.distance_transform_edt(~both, return_distances=False,
-                                                return_indices=True)
-    filled = pred_m * np.exp(log_ratio[rows, cols])
-    holes = np.isnan(out)
-    out[holes] = filled[holes]
-    return out.astype(np.float32)
+    """Nearest-ratio fill of the raw prediction (no global fit first), for comparison."""
+    return nearest_ratio_fill(pred_m, sensor_m)
 
 
 def remove_blobs(valid: np.ndarray, fraction: float = 0.3, seed: int = 0) -> np.ndarray:
