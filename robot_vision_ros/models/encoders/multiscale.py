@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from torchvision import models as tvm
 from torchvision.ops import FeaturePyramidNetwork
 
-from ...core.errors import ConfigError
 from ..registry import ENCODERS
 from ..weights import load_weights
 from .base import VisionEncoder, grid_token_geometry
-from .resnet import resnet_logits, resnet_stages
+from .resnet import reject_extra_kwargs, resnet_logits, resnet_stages
 
 FPN_CHANNELS = 256
 #: Pyramid levels whose features make up pooled vector and tokens, coarsest first.
@@ -102,9 +101,7 @@ class ResNetFPNEncoder(VisionEncoder):
 
 def _make(arch: str, output_dim: int, weights: str, kwargs: Any) -> ResNetFPNEncoder:
     name = f"{arch}_fpn"
-    if kwargs:
-        raise ConfigError(f"encoder '{name}' got unknown options {sorted(kwargs)}; it takes "
-                          f"output_dim and weights")
+    reject_extra_kwargs(name, kwargs)
     model = ResNetFPNEncoder(arch, output_dim)
     model.name = name
     if weights:
