@@ -11,12 +11,12 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from robot_vision_ros.ros import processes
+from robot_vision_ros.ros.spin import spin_for, spin_until
 
 
 class Probe(Node):
@@ -39,15 +39,10 @@ class Probe(Node):
         self.create_subscription(msg_type, topic, callback, qos)
 
     def spin_until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if condition():
-                return True
-            rclpy.spin_once(self, timeout_sec=0.05)
-        return condition()
+        return spin_until(self, condition, timeout_s)
 
     def spin_for(self, seconds: float) -> None:
-        self.spin_until(lambda: False, seconds)
+        spin_for(self, seconds)
 
     def clear(self) -> None:
         for topic in self.received:

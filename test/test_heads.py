@@ -36,13 +36,13 @@ def _rgbd(h: int = 96, w: int = 128, with_sensor: bool = True) -> RgbdFrame:
 @pytest.fixture(scope="module")
 def unet_head() -> DepthHead:
     torch.manual_seed(0)
-    return DepthHead("unet", "", (64, 96), CPU, min_m=0.1, max_m=10.0, every_n=1,
+    return DepthHead("unet", "", (64, 96), CPU, min_m=0.1, max_m=10.0,
                      options={"encoder": "resnet18", "decoder_channels": SMALL_DECODER})
 
 
 def test_sensor_head_cleans_zeros_and_nan():
     frame = _rgbd()
-    head = DepthHead("sensor", "", (64, 96), CPU, min_m=0.5, max_m=4.0, every_n=1)
+    head = DepthHead("sensor", "", (64, 96), CPU, min_m=0.5, max_m=4.0)
     result = head.run(frame)
     assert result.source == "sensor" and result.depth_m.dtype == np.float32
     assert result.depth_m.shape == (96, 128)
@@ -58,7 +58,7 @@ def test_sensor_head_cleans_zeros_and_nan():
 
 
 def test_none_head_gives_unknown_depth():
-    head = DepthHead("none", "", (64, 96), CPU, min_m=0.1, max_m=10.0, every_n=1)
+    head = DepthHead("none", "", (64, 96), CPU, min_m=0.1, max_m=10.0)
     result = head.run(_rgbd())
     assert not head.enabled
     assert result.source == "none" and np.isnan(result.depth_m).all()
@@ -107,7 +107,7 @@ def tiny_depth_anything(tmp_path_factory) -> str:
 
 def test_relative_network_needs_the_sensor_for_metres(tiny_depth_anything):
     head = DepthHead("depth_anything_v2", tiny_depth_anything, (56, 70), CPU, min_m=0.1,
-                     max_m=10.0, every_n=1)
+                     max_m=10.0)
     assert head.output_kind == "relative_disparity"
     alone = head.run(_rgbd(with_sensor=False))
     assert alone.source == "none" and np.isnan(alone.depth_m).all()
@@ -121,11 +121,9 @@ def test_relative_network_needs_the_sensor_for_metres(tiny_depth_anything):
 
 def test_depth_head_bad_arguments():
     with pytest.raises(UnknownModelError, match="unknown depth model 'midas'; known:"):
-        DepthHead("midas", "", (64, 96), CPU, min_m=0.1, max_m=10.0, every_n=1)
+        DepthHead("midas", "", (64, 96), CPU, min_m=0.1, max_m=10.0)
     with pytest.raises(ConfigError, match="0 <= min_m < max_m"):
-        DepthHead("sensor", "", (64, 96), CPU, min_m=5.0, max_m=1.0, every_n=1)
-    with pytest.raises(ConfigError, match="every_n must be an integer >= 1"):
-        DepthHead("sensor", "", (64, 96), CPU, min_m=0.1, max_m=10.0, every_n=0)
+        DepthHead("sensor", "", (64, 96), CPU, min_m=5.0, max_m=1.0)
 
 
 # --- DetectionHead on real footage ------------------------------------------------------------

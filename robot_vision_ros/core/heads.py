@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -35,12 +34,6 @@ DEPTH_SOURCES = ("fused", "network", "sensor", "none")
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _ms(t0: float, t1: float) -> float:
@@ -81,21 +74,19 @@ class DepthHead:
     sees the RGB squashed to ``input_hw``; its prediction is resized back to
     the RGB size and fused with the frame's sensor depth (a relative network
     without sensor depth gives source 'none': it has no metres). Depths outside
-    ``[min_m, max_m]`` are unknown, sensor and network alike. ``every_n`` is
-    how often the node runs this head (see :mod:`.head_budget`); the head
-    itself runs whenever :meth:`run` is called.
+    ``[min_m, max_m]`` are unknown, sensor and network alike. How often the
+    node runs this head is decided by :mod:`.head_budget`.
     """
 
     def __init__(self, model: str, weights: str = "", input_hw: Tuple[int, int] = (240, 320),
                  device: torch.device = torch.device("cpu"), min_m: float = 0.1,
-                 max_m: float = 10.0, every_n: int = 1,
+                 max_m: float = 10.0,
                  options: Optional[Mapping[str, Any]] = None) -> None:
         if not (math.isfinite(min_m) and math.isfinite(max_m) and 0.0 <= min_m < max_m):
             raise ConfigError(f"depth range needs 0 <= min_m < max_m, got {min_m} and {max_m}")
         self.model_name = model
         self.min_m = float(min_m)
         self.max_m = float(max_m)
-        self.every_n = _positive_int("every_n", every_n)
         self.device = torch.device(device)
         self.network: Optional[torch.nn.Module] = None
         self.preprocess: Optional[Preprocessor] = None

@@ -65,7 +65,7 @@ class PerceptionPipeline:
         depth = None
         if cfg.depth_model != "none":
             depth = DepthHead(cfg.depth_model, cfg.depth_weights, cfg.depth_input_size, device,
-                              cfg.depth_min_m, cfg.depth_max_m, cfg.depth_every_n)
+                              cfg.depth_min_m, cfg.depth_max_m)
         detection = None
         if cfg.detection_model != "none":
             detection = DetectionHead(cfg.detection_model,

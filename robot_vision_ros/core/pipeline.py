@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, Deque, Dict, Tuple
+from typing import Any, Deque, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -98,6 +98,9 @@ class EncoderPipeline:
         window = int(getattr(encoder, "temporal_window", 0) or 0)
         self._uses_history = bool(getattr(encoder, "use_temporal", False)) and window > 1
         self._history: Deque[torch.Tensor] = deque(maxlen=max(window - 1, 1))
+        # Token centres and levels depend only on the input size: copied to the
+        # host once, not on every frame (that would be a second device sync).
+        self._geometry: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
     @classmethod
     def from_config(cls, cfg: VisionConfig) -> "EncoderPipeline":
@@ -153,13 +156,16 @@ class EncoderPipeline:
                                  f"'{self.backbone}'") from exc
             raise
         t2 = time.perf_counter()
-        uv = out.token_uv.float().cpu().numpy()
+        if self._geometry is None or len(self._geometry[1]) != out.token_level.shape[0]:
+            self._geometry = (out.token_uv.float().cpu().numpy(),
+                              out.token_level.cpu().numpy().astype(np.uint32))
+        uv, levels = self._geometry
         uv_px = uv * np.array([frame.width, frame.height], dtype=np.float32)
         return FeatureResult(
             stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, backbone=self.backbone,
             pooled=np.ascontiguousarray(table[0]), tokens=table[1:],
             token_uv_px=uv_px.astype(np.float32),
-            token_level=out.token_level.cpu().numpy().astype(np.uint32),
+            token_level=levels,
             timings_ms={"preprocess_ms": (t1 - t0) * 1e3, "encoder_ms": (t2 - t1) * 1e3})
 
     def warmup(self, iterations: int = 2) -> None:

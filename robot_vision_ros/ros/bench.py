@@ -32,6 +32,7 @@ from ..core.sim_scene import SimScene
 from . import processes
 from .conversions import image_msg_to_rgb, rgb_to_image_msg, stamp_to_ns
 from .qos import keep_last
+from .spin import spin_for
 
 TOPICS = {"camera/color/image_raw": "/bench/rgb", "camera/depth/image_raw": "/bench/depth",
           "camera/color/camera_info": "/bench/info"}
@@ -113,9 +114,7 @@ class _Listener(Node):
         self.sent_stamps, self.out_stamps, self.ages_ms, self.arrivals = [], [], [], []
 
     def spin_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            rclpy.spin_once(self, timeout_sec=0.02)
+        spin_for(self, seconds, step_s=0.02)
 
 
 def _proc_ticks(pid: int) -> Optional[int]:

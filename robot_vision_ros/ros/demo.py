@@ -28,6 +28,7 @@ from . import processes
 from .conversions import pointcloud2_to_feature_table, stamp_to_ns
 from .outputs import pointcloud2_to_object_rows
 from .qos import keep_last
+from .spin import spin_for
 
 IMAGES = {"input": "/demo/rgb", "depth": "/vision/depth/colored",
           "detections": "/vision/detections/image", "attention": "/vision/attention/image"}
@@ -96,12 +97,6 @@ class Monitor(Node):
                 self.diagnostics["message"] = status.message
 
 
-def _spin_for(node: Node, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to measure")
@@ -152,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         monitor.token_ages_ms.clear()
         monitor.objects.clear()
         print(f"demo: features arriving; measuring for {args.seconds:g} s", flush=True)
-        _spin_for(monitor, args.seconds)
+        spin_for(monitor, args.seconds)
         picture = monitor.picture()
     finally:
         processes.stop(vision)

@@ -39,6 +39,7 @@ from ..tracking import TrackerConfig
 from . import processes
 from .conversions import image_msg_to_rgb, stamp_to_ns
 from .outputs import pointcloud2_to_object_rows
+from .spin import spin_until
 
 IMAGE_TOPIC = "/eval_tracking/rgb"
 REMAPS = {"camera/color/image_raw": IMAGE_TOPIC,
@@ -67,12 +68,7 @@ class Recorder(Node):
         self.detections[stamp_to_ns(msg.header.stamp)] = pointcloud2_to_object_rows(msg)
 
     def spin_until(self, condition, timeout_s: float) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if condition():
-                return True
-            rclpy.spin_once(self, timeout_sec=0.05)
-        return condition()
+        return spin_until(self, condition, timeout_s)
 
 
 def align_stamps(stamps_ns: Sequence[int], image_digests: Dict[int, str],
