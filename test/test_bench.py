@@ -24,4 +24,8 @@ def test_bench_tool_reports_json_with_medians_and_the_ceiling(tmp_path):
                 "node_rss_mb", "ratio_to_ceiling", "age_bound_ms"):
         assert key in rate
     assert rate["age_ms_p50"] <= rate["age_ms_p99"]
+    # Heads are measured on their own topics: the default sensor depth head publishes,
+    # no detector is configured.
+    assert rate["depth_fps"] > 0 and rate["depth_age_ms_p50"] > 0
+    assert rate["detections_fps"] == 0
     assert "achieved fps" in proc.stderr  # the table

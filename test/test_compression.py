@@ -89,7 +89,7 @@ def test_calibration_errors_name_the_path(tmp_path: Path) -> None:
         load_calibration_frames(str(tmp_path / "nowhere.avi"), 4, (32, 32))
     with pytest.raises(ConfigError, match=f"{tmp_path} holds no images"):
         load_calibration_frames(str(tmp_path), 4, (32, 32))
-    with pytest.raises(ConfigError, match="ROS bag: reading bags is not supported yet"):
+    with pytest.raises(ConfigError, match="calibration bag .*run.mcap does not exist"):
         load_calibration_frames(str(tmp_path / "run.mcap"), 4, (32, 32))
     bad = tmp_path / "bad.npz"
     np.savez(bad, frames=np.zeros((2, 8, 8), np.float32))

@@ -1,9 +1,12 @@
 """Real frames for calibration, fine-tuning and fidelity checks.
 
-``load_calibration_frames`` reads a folder of images, a video file or an
-``.npz`` of uint8 frames and returns them as one normalised batch, squashed to
-the model input size the same way the node's preprocessing does (antialiased
-bilinear, no crop), so calibration sees what the node will feed the model.
+``load_calibration_frames`` reads a folder of images, a video file, an
+``.npz`` of uint8 frames or a ROS 2 bag (its colour image topic, read with
+``rosbags``: no ROS needed) and returns them as one normalised batch, squashed
+to the model input size the same way the node's preprocessing does
+(antialiased bilinear, no crop), so calibration sees what the node will feed
+the model. The keyword ``live`` (:data:`LIVE`) is not read here: the node
+collects the frames it processes instead (see :mod:`.live`).
 """
 from __future__ import annotations
 
@@ -23,6 +26,11 @@ IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 VIDEO_SUFFIXES: Tuple[str, ...] = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg",
                                    ".mpeg")
 BAG_SUFFIXES: Tuple[str, ...] = (".db3", ".mcap")
+#: ``compression.calibration`` keyword: calibrate on the first frames the node processes.
+LIVE = "live"
+KEYWORDS: Tuple[str, ...] = (LIVE,)
+#: Colour image message types a bag topic may carry.
+BAG_IMAGE_TYPES: Tuple[str, ...] = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
 def _check_size(size_hw: Sequence[int]) -> Tuple[int, int]:
@@ -108,21 +116,127 @@ def _read_npz(path: Path, count: int) -> List[np.ndarray]:
     return [array[i] for i in even_indices(len(array), count)]
 
 
+def is_bag(path: Path) -> bool:
+    """A ROS 2 bag: a directory with ``metadata.yaml``, or one ``.db3``/``.mcap`` file."""
+    return ((path.is_dir() and (path / "metadata.yaml").is_file())
+            or path.suffix.lower() in BAG_SUFFIXES)
+
+
+def split_bag_topic(source: str) -> Tuple[str, str]:
+    """``'BAG#/camera/image'`` -> ``('BAG', '/camera/image')``; no ``#``: topic ``''``."""
+    path, _, topic = source.partition("#")
+    return path, topic
+
+
+def _bag_reader_args(path: Path) -> List[Path]:
+    """What ``AnyReader`` opens: the bag directory (for one file, the one beside it)."""
+    if path.is_dir():
+        return [path]
+    if (path.parent / "metadata.yaml").is_file():
+        return [path.parent]
+    if path.suffix.lower() == ".mcap":
+        return [path]  # rosbags reads a lone MCAP file without metadata.yaml
+    raise ConfigError(f"calibration bag file {path} has no metadata.yaml beside it; pass the "
+                      f"bag directory (the one holding metadata.yaml)")
+
+
+def _colour_topic(bag: Path, topics: dict, wanted: str) -> str:
+    images = sorted(name for name, info in topics.items() if info.msgtype in BAG_IMAGE_TYPES)
+    if wanted:
+        if wanted not in topics:
+            raise ConfigError(f"calibration bag {bag} has no topic {wanted!r}; it has: "
+                              f"{', '.join(sorted(topics)) or 'none'}")
+        if topics[wanted].msgtype not in BAG_IMAGE_TYPES:
+            raise ConfigError(f"calibration bag {bag}: topic {wanted!r} is "
+                              f"{topics[wanted].msgtype}, not an image")
+        return wanted
+    colour = [t for t in images if "depth" not in t.lower()]
+    if len(colour) == 1:
+        return colour[0]
+    if not colour:
+        raise ConfigError(f"calibration bag {bag} has no colour image topic "
+                          f"({' or '.join(BAG_IMAGE_TYPES)}); it has: "
+                          f"{', '.join(sorted(topics)) or 'none'}")
+    raise ConfigError(f"calibration bag {bag} has several image topics ({', '.join(colour)}): "
+                      f"name one as {bag}#TOPIC")
+
+
+def _decode_bag_image(msg: object, msgtype: str) -> np.ndarray:
+    from ..core.compressed_codec import decode_compressed_color
+    from ..core.image_codec import decode_color
+
+    if msgtype.endswith("CompressedImage"):
+        return decode_compressed_color(msg.format, msg.data)  # type: ignore[attr-defined]
+    return np.array(decode_color(msg.encoding, int(msg.height), int(msg.width),  # type: ignore
+                                 int(msg.step), int(msg.is_bigendian), bytes(msg.data)))
+
+
+def read_bag_frames(source: str, count: int) -> List[np.ndarray]:
+    """Up to ``count`` RGB frames spread evenly over a ROS 2 bag's colour topic.
+
+    ``source``: the bag directory (or one of its ``.db3``/``.mcap`` files),
+    optionally ``#TOPIC``; without a topic the bag's only colour
+    (``sensor_msgs/Image`` or ``CompressedImage``, not depth) topic is used.
+    Read with ``rosbags`` as the RGB-D recordings are; only the chosen
+    messages are decoded.
+    """
+    from ..core.errors import InputError
+    from ..core.rgbd_dataset import ROSBAGS_PIN
+
+    location, wanted = split_bag_topic(source)
+    path = Path(location).expanduser()
+    if not path.exists():
+        raise ConfigError(f"calibration bag {path} does not exist")
+    try:
+        from rosbags.highlevel import AnyReader, AnyReaderError
+        from rosbags.typesys import Stores, get_typestore
+    except ImportError as exc:
+        raise ConfigError(f"reading ROS 2 bags needs rosbags (`pip install {ROSBAGS_PIN}`): "
+                          f"{exc}") from exc
+    frames: List[np.ndarray] = []
+    try:
+        with AnyReader(_bag_reader_args(path),
+                       default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
+            topic = _colour_topic(path, reader.topics, wanted)
+            connections = [c for c in reader.connections if c.topic == topic]
+            total = sum(c.msgcount for c in connections)
+            wanted_indices = set(even_indices(total, count))
+            for index, (conn, _, raw) in enumerate(reader.messages(connections=connections)):
+                if index not in wanted_indices:
+                    continue
+                msg = reader.deserialize(raw, conn.msgtype)
+                try:
+                    frames.append(_decode_bag_image(msg, conn.msgtype))
+                except InputError as exc:
+                    raise ConfigError(f"calibration bag {path}, topic {topic}: message "
+                                      f"{index} cannot be decoded: {exc}") from exc
+    except AnyReaderError as exc:
+        raise ConfigError(f"cannot read ROS 2 bag {path}: {exc}") from exc
+    if not frames:
+        raise ConfigError(f"calibration bag {path}: topic {topic} has no messages")
+    return frames
+
+
 def read_frames(source: str, count: int) -> List[np.ndarray]:
-    """Up to ``count`` uint8 RGB ``[H, W, 3]`` frames from a folder, video or ``.npz``."""
+    """Up to ``count`` uint8 RGB ``[H, W, 3]`` frames from a folder, video, ``.npz`` or bag."""
     if count <= 0:
         raise ConfigError(f"count must be > 0, got {count}")
-    path = Path(source).expanduser()
     if not str(source):
         raise ConfigError("calibration source is empty: give a folder of images, a video "
-                          "file or an .npz of uint8 frames")
+                          "file, an .npz of uint8 frames, a ROS 2 bag or 'live'")
+    if source == LIVE:
+        raise ConfigError("calibration 'live' has no frames to read: the node collects the "
+                          "first frames it processes (see compression.live)")
+    path = Path(split_bag_topic(source)[0]).expanduser()
     suffix = path.suffix.lower()
-    if suffix in BAG_SUFFIXES:
-        raise ConfigError(f"calibration source {path} is a ROS bag: reading bags is not "
-                          f"supported yet; export frames to a folder or video first")
+    if "#" in source or is_bag(path):
+        return read_bag_frames(source, count)
     if not path.exists():
+        if "/" not in source and not suffix:
+            raise ConfigError(f"unknown calibration keyword {source!r} (known: "
+                              f"{', '.join(KEYWORDS)}) and no such file or folder")
         raise ConfigError(f"calibration source {path} does not exist (give a folder of "
-                          f"images, a video file or an .npz of uint8 frames)")
+                          f"images, a video file, an .npz of uint8 frames or a ROS 2 bag)")
     if path.is_dir():
         return _read_folder(path, count)
     if suffix == ".npz":
@@ -130,7 +244,7 @@ def read_frames(source: str, count: int) -> List[np.ndarray]:
     if suffix in VIDEO_SUFFIXES:
         return read_video_frames(path, count)
     raise ConfigError(f"calibration source {path} is neither a folder, a video "
-                      f"({', '.join(VIDEO_SUFFIXES)}) nor an .npz")
+                      f"({', '.join(VIDEO_SUFFIXES)}), an .npz nor a ROS 2 bag")
 
 
 def normalise_frames(frames: Sequence[np.ndarray], size_hw: Sequence[int],
@@ -153,10 +267,10 @@ def normalise_frames(frames: Sequence[np.ndarray], size_hw: Sequence[int],
 def load_calibration_frames(source: str, count: int, size_hw: Sequence[int]) -> torch.Tensor:
     """``[N, 3, H, W]`` ImageNet-normalised frames (N <= count) from ``source``.
 
-    ``source``: a folder of images, a video file (frames spread evenly over it)
-    or an ``.npz`` of uint8 RGB frames ``[N, H, W, 3]`` (key ``frames`` or the
-    first array). Raises ConfigError naming the path when it is missing, empty
-    or unreadable.
+    ``source``: a folder of images, a video file (frames spread evenly over it),
+    an ``.npz`` of uint8 RGB frames ``[N, H, W, 3]`` (key ``frames`` or the
+    first array) or a ROS 2 bag (see :func:`read_bag_frames`). Raises
+    ConfigError naming the path when it is missing, empty or unreadable.
     """
     _check_size(size_hw)
     return normalise_frames(read_frames(source, count), size_hw)

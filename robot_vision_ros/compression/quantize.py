@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -62,6 +63,11 @@ DEFAULT_KEEP_FLOAT: Tuple[str, ...] = ("first_conv", "first_depthwise")
 #: Quantised backends that run INT8 convolutions on x86 CPUs.
 X86_ENGINES: Tuple[str, ...] = ("x86", "fbgemm")
 CALIBRATION_BATCH = 8
+#: FX symbolic tracing patches ``nn.Module.__call__`` for the whole process while it
+#: traces, so a module called on another thread meanwhile is routed into the tracer
+#: and fails. Tracing holds this lock; inference that may overlap a background
+#: quantisation (``compression.calibration: live``) takes it too.
+FX_TRACE_LOCK = threading.Lock()
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
@@ -377,7 +383,8 @@ def quantize_static_int8(model: VisionEncoder, calibration_frames: torch.Tensor,
     root = _FeatureMap(encoder).eval()
     mapping, kept = build_qconfig_mapping(root, keep_float, reduce_range)
     try:
-        prepared = prepare_fx(root, mapping, example_inputs=(example_input,))
+        with FX_TRACE_LOCK:
+            prepared = prepare_fx(root, mapping, example_inputs=(example_input,))
         clamp_relu6_observers(prepared)
         with eval_mode(prepared):
             for start in range(0, len(calibration_frames), CALIBRATION_BATCH):

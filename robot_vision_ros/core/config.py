@@ -84,11 +84,20 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "Run depth and detection only when the frame's time budget (1/target_fps) "
               "still covers their measured cost, deferring them otherwise, so features keep "
               "the rate; false = strictly every_n.", dynamic=True),
+    ParamSpec("heads.thread", True,
+              "Run depth and detection on their own thread on the newest processed frame, so "
+              "features never wait for them (they publish at the rate they manage); false = "
+              "in the inference thread within each frame's time budget (adaptive_heads)."),
+    ParamSpec("heads.threads", 1,
+              "CPU intra-op threads of the heads thread (torch and the ONNX detector); "
+              "0 = the libraries' default. Few threads leave the cores to the encoder.",
+              min=0, max=256),
     ParamSpec("publish_tokens", True,
               "Publish the stamped token table on features/tokens.", dynamic=True),
     ParamSpec("compression.mode", "none",
               "Make the encoder cheaper: none, prune, int8 (static for CNNs with calibration "
-              "frames, dynamic for ViTs) or distilled (run a student from tools.distill).",
+              "frames, dynamic for ViTs; in ONNX Runtime with backend onnxruntime) or "
+              "distilled (run a student from tools.distill).",
               choices=("none", "prune", "int8", "distilled")),
     ParamSpec("compression.prune_method", "structured",
               "structured (torch-pruning removes channels: faster) or unstructured (L1 "
@@ -103,15 +112,23 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("compression.int8_method", "auto",
               "auto (static for CNN encoders, dynamic for the rest), static or dynamic.",
               choices=("auto", "static", "dynamic")),
+    ParamSpec("compression.calibrate_method", "percentile",
+              "backend onnxruntime, static INT8: how activation ranges are taken from the "
+              "calibration frames (minmax, entropy or percentile).",
+              choices=("minmax", "entropy", "percentile")),
     ParamSpec("compression.student", "",
               "distilled: the student's encoder name (the backbone is the teacher)."),
     ParamSpec("compression.student_weights", "",
               "distilled: the student file written by tools.distill."),
     ParamSpec("compression.calibration", "",
               "Calibration frames for INT8, pruning fine-tunes and the fidelity guard: a "
-              "folder of images, a video or an .npz of uint8 frames."),
+              "folder of images, a video, an .npz of uint8 frames, a ROS 2 bag (directory "
+              "or .mcap/.db3; BAG#TOPIC picks the image topic) or live (the node runs the "
+              "uncompressed encoder on its first frames, compresses in the background, "
+              "swaps the result in, and deactivates itself if the guard fails)."),
     ParamSpec("compression.calibration_frames", 32,
-              "How many calibration frames to read (every 4th is held out for fidelity).",
+              "How many calibration frames to read or collect (every 4th is held out for "
+              "fidelity).",
               min=2, max=10000),
     ParamSpec("compression.min_fidelity", 0.95,
               "Refuse to activate when the compressed encoder's fidelity to the original on "
@@ -122,6 +139,17 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "top1_agreement or logit_cosine (the last two need classifier heads).",
               choices=("cosine", "centred_cosine", "linear_cka", "top1_agreement",
                        "logit_cosine")),
+    ParamSpec("compression.heads", False,
+              "int8 only: also quantise the unet depth network (torch static INT8) and the "
+              "onnx detector (ONNX Runtime static INT8), each guarded on the calibration "
+              "frames (a file or bag, not live)."),
+    ParamSpec("compression.max_depth_absrel", 0.05,
+              "Refuse to activate when the INT8 depth network's AbsRel to the fp32 one "
+              "exceeds this (1 = no guard).", min=0.0, max=1.0),
+    ParamSpec("compression.min_box_agreement", 0.9,
+              "Refuse to activate when the INT8 detector's box agreement with the fp32 one "
+              "(F1 of matches at IoU >= 0.5 above the score threshold) is below this "
+              "(0 = no guard).", min=0.0, max=1.0),
     ParamSpec("rgbd.rgb_backbone", "mobilenet_v3_small",
               "rgbd_hybrid only: the RGB encoder inside the hybrid."),
     ParamSpec("rgbd.rgb_weights", "",
@@ -155,11 +183,19 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("depth.max_m", 10.0,
               "Sensor depth above this (metres) is unknown.", min=0.01, max=1000.0,
               dynamic=True),
+    ParamSpec("depth.fill_holes", "none",
+              "depth.model sensor only: none (the sensor's holes stay NaN) or nearest (each "
+              "hole pixel takes the depth of the nearest valid pixel).",
+              choices=("none", "nearest")),
+    ParamSpec("depth.fill_max_px", 0,
+              "Holes farther than this (pixels) from a valid pixel stay NaN with "
+              "depth.fill_holes nearest; 0 = fill every hole.", min=0, max=100000),
     ParamSpec("detection.model", "none",
               "Detector: none, onnx (detection.weights = the .onnx file: YOLOv8/YOLO11 or "
               "TF-OD-API SSD layout), ssdlite320_mobilenet_v3_large, "
               "fasterrcnn_mobilenet_v3_large_320_fpn, retinanet_resnet50_fpn_v2, "
-              "fcos_resnet50_fpn or yolo_head."),
+              "fcos_resnet50_fpn, yolo_head or tabletop (class-agnostic objects standing on "
+              "the dominant plane, from depth alone; no weights)."),
     ParamSpec("detection.weights", "",
               "The ONNX model file, or torchvision weights: 'coco' (local torch cache) or a "
               "file ('' = random init)."),
@@ -251,18 +287,24 @@ class VisionConfig:
     target_fps: float
     skip_frames: int
     adaptive_heads: bool
+    heads_thread: bool
+    heads_threads: int
     publish_tokens: bool
     compression_mode: str
     compression_prune_method: str
     compression_prune_amount: float
     compression_finetune_steps: int
     compression_int8_method: str
+    compression_calibrate_method: str
     compression_student: str
     compression_student_weights: str
     compression_calibration: str
     compression_calibration_frames: int
     compression_min_fidelity: float
     compression_fidelity_metric: str
+    compression_heads: bool
+    compression_max_depth_absrel: float
+    compression_min_box_agreement: float
     rgbd_rgb_backbone: str
     rgbd_rgb_weights: str
     rgbd_use_depth: bool
@@ -276,6 +318,8 @@ class VisionConfig:
     depth_reuse: bool
     depth_min_m: float
     depth_max_m: float
+    depth_fill_holes: str
+    depth_fill_max_px: int
     detection_model: str
     detection_weights: str
     detection_class_names: str
@@ -319,7 +363,8 @@ class VisionConfig:
                     "amount": self.compression_prune_amount,
                     "finetune_steps": self.compression_finetune_steps}
         if self.compression_mode == "int8":
-            return {"method": self.compression_int8_method}
+            return {"method": self.compression_int8_method,
+                    "calibrate_method": self.compression_calibrate_method}
         if self.compression_mode == "distilled":
             return {"student": self.compression_student,
                     "student_weights": self.compression_student_weights}
@@ -332,6 +377,8 @@ class VisionConfig:
                                    "max_detections": self.detection_max_detections}
         if self.detection_model == "onnx":
             options["path"] = self.detection_weights
+            if self.heads_thread:
+                options["intra_op_num_threads"] = self.heads_threads
         elif self.detection_weights:
             options["weights"] = self.detection_weights
         return options
@@ -421,6 +468,30 @@ def check_value(name: str, value: Any) -> Optional[str]:
     return None if reason is None else f"{name}={value!r}: {reason}"
 
 
+def _head_compression_checks(values: Mapping[str, Any]) -> List[str]:
+    """Why ``compression.heads: true`` cannot work with these values (empty: it can)."""
+    reasons = []
+    if values["compression.mode"] != "int8":
+        reasons.append("compression.heads=true quantises the heads to INT8: it needs "
+                       "compression.mode='int8'")
+    calibration = values["compression.calibration"]
+    if calibration in ("", "live"):
+        reasons.append(f"compression.heads=true needs compression.calibration to be a folder, "
+                       f"video, .npz or ROS 2 bag (got {calibration!r}: the heads are "
+                       f"guarded on raw frames at configure)")
+    depth_model, detector = values["depth.model"], values["detection.model"]
+    if depth_model not in ("none", "sensor", "unet"):
+        reasons.append(f"compression.heads=true quantises depth.model 'unet' only, not "
+                       f"{depth_model!r}")
+    if detector not in ("none", "onnx"):
+        reasons.append(f"compression.heads=true quantises detection.model 'onnx' only, not "
+                       f"{detector!r}")
+    if depth_model != "unet" and detector != "onnx":
+        reasons.append("compression.heads=true but there is no unet depth network or onnx "
+                       "detector to quantise")
+    return reasons
+
+
 def _cross_checks(values: Mapping[str, Any]) -> List[str]:
     """Checks across parameters, and of names against the model registry."""
     reasons = []
@@ -447,8 +518,8 @@ def _cross_checks(values: Mapping[str, Any]) -> List[str]:
                                     and values["compression.student_weights"]):
         reasons.append("compression.mode='distilled' needs compression.student and "
                        "compression.student_weights (the file tools.distill wrote)")
-    if mode not in ("none", None) and values["backend"] == "onnxruntime":
-        reasons.append(f"compression.mode={mode!r} runs with backend torch, not onnxruntime")
+    if values["compression.heads"] is True:
+        reasons += _head_compression_checks(values)
     low, high = values["tracking.low_thresh"], values["tracking.high_thresh"]
     if isinstance(low, float) and isinstance(high, float) and low > high:
         reasons.append(f"tracking.low_thresh={low} must not exceed tracking.high_thresh={high}")

@@ -7,7 +7,9 @@
   prediction to the valid sensor pixels, in depth or disparity space.
 * :func:`fuse_depth`: sensor pixels where valid, holes filled with the aligned
   prediction.
-* :func:`nearest_fill`: the sensor-only baseline (nearest valid pixel).
+* :func:`fill_nearest`: holes take the nearest valid pixel's depth (optionally
+  only up to a distance); :func:`nearest_fill` cleans a raw sensor image first
+  (the sensor-only baseline).
 * :func:`depth_metrics`: AbsRel, RMSE and delta < 1.25 for benchmarks.
 
 Every depth here is float metres; 16UC1 millimetres are converted at the ROS edge.
@@ -368,20 +370,38 @@ def _limit(depth_m: np.ndarray, max_m: float) -> np.ndarray:
     return depth_m
 
 
-def nearest_fill(sensor_depth_m: np.ndarray, min_depth_m: float = 0.0,
-                 max_depth_m: float = math.inf) -> np.ndarray:
-    """Sensor-only baseline: every hole takes the value of the nearest valid pixel.
+def fill_nearest(depth_m: np.ndarray, max_distance_px: float = math.inf) -> np.ndarray:
+    """``depth_m`` with every NaN pixel set to the depth of the nearest finite pixel.
 
-    Exact Euclidean nearest neighbour through scipy's distance transform; all
-    NaN when the sensor has no valid pixel at all.
+    Exact Euclidean nearest neighbour through scipy's distance transform. Holes
+    farther than ``max_distance_px`` from every finite pixel stay NaN; finite
+    pixels are returned unchanged; all NaN stays all NaN. Expects cleaned depth
+    (:func:`clean_sensor_depth`: NaN is the only "unknown"). Returns a new array.
     """
-    depth = clean_sensor_depth(sensor_depth_m, min_depth_m, max_depth_m)
+    depth = _as_2d("depth_m", depth_m).astype(np.float32, copy=True)
+    if isinstance(max_distance_px, bool) or not isinstance(max_distance_px, (int, float)) \
+            or not max_distance_px > 0:
+        raise ConfigError(f"max_distance_px must be a number > 0 (inf = no limit), got "
+                          f"{max_distance_px!r}")
     holes = np.isnan(depth)
     if not holes.any() or holes.all():
         return depth
-    rows, cols = ndimage.distance_transform_edt(holes, return_distances=False,
-                                                return_indices=True)
-    return depth[rows, cols]
+    if math.isinf(max_distance_px):
+        rows, cols = ndimage.distance_transform_edt(holes, return_distances=False,
+                                                    return_indices=True)
+        return depth[rows, cols]
+    distance, (rows, cols) = ndimage.distance_transform_edt(holes, return_indices=True)
+    filled = depth[rows, cols]
+    filled[distance > max_distance_px] = np.nan
+    return filled
+
+
+def nearest_fill(sensor_depth_m: np.ndarray, min_depth_m: float = 0.0,
+                 max_depth_m: float = math.inf) -> np.ndarray:
+    """Sensor-only baseline: the cleaned sensor depth (:func:`clean_sensor_depth`)
+    with every hole filled from the nearest valid pixel (:func:`fill_nearest`);
+    all NaN when the sensor has no valid pixel at all."""
+    return fill_nearest(clean_sensor_depth(sensor_depth_m, min_depth_m, max_depth_m))
 
 
 def depth_metrics(pred_m: np.ndarray, gt_m: np.ndarray,

@@ -55,6 +55,11 @@ class HeadScheduler:
         if adaptive is not None:
             self.adaptive = adaptive
 
+    @property
+    def every_n(self) -> Dict[str, int]:
+        """The configured cadence per head."""
+        return dict(self._every_n)
+
     def reset(self) -> None:
         """Start over (stamp reset): every head is due on the next frame."""
         self._since_run = {h: None for h in HEADS}
@@ -105,5 +110,63 @@ class HeadScheduler:
 
     def cost_ms(self, head: str) -> float:
         """Moving average of the head's cost (NaN before its first run)."""
+        cost = self._cost_s[head]
+        return float("nan") if cost is None else cost * 1e3
+
+
+class HeadCadence:
+    """``every_n`` by processed-frame index, for heads on their own thread.
+
+    The heads thread sees only some processed frames (it takes the newest one
+    when it is free), so the cadence counts frame indices, not calls: a head
+    is due when ``every_n`` processed frames have passed since it last ran.
+    There is no time budget: heads on their own thread never hold up features.
+    Same call order as :class:`HeadScheduler`: ``start_frame(index)``,
+    ``should_run``/``ran``, ``end_frame``.
+    """
+
+    ALPHA = HeadScheduler.ALPHA
+
+    def __init__(self, every_n: Dict[str, int]) -> None:
+        self._every_n: Dict[str, int] = {}
+        self._cost_s: Dict[str, Optional[float]] = {h: None for h in HEADS}
+        self.configure(every_n)
+        self.reset()
+
+    def configure(self, every_n: Dict[str, int]) -> None:
+        """Change rates live; cadence and cost estimates are kept."""
+        for head, n in every_n.items():
+            if head not in HEADS:
+                raise ConfigError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
+            if int(n) < 1:
+                raise ConfigError(f"{head}.every_n must be >= 1, got {n}")
+            self._every_n[head] = int(n)
+
+    def reset(self) -> None:
+        """Start over: every head is due on the next frame."""
+        self._last_index: Dict[str, Optional[int]] = {h: None for h in HEADS}
+        self._index = 0
+
+    def start_frame(self, index: int) -> None:
+        self._index = int(index)
+
+    def due(self, head: str) -> bool:
+        last = self._last_index[head]
+        # An index below the last run means the count restarted (a new stream).
+        return (last is None or self._index < last
+                or self._index - last >= self._every_n.get(head, 1))
+
+    def should_run(self, head: str) -> bool:
+        return self.due(head)
+
+    def ran(self, head: str, seconds: float) -> None:
+        old = self._cost_s[head]
+        self._cost_s[head] = seconds if old is None else old + self.ALPHA * (seconds - old)
+        self._last_index[head] = self._index
+
+    def end_frame(self) -> None:
+        """Nothing to settle: kept for the same call order as HeadScheduler."""
+
+    def cost_ms(self, head: str) -> float:
         cost = self._cost_s[head]
         return float("nan") if cost is None else cost * 1e3

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..models.detection.labels import ClassNamesSpec, load_class_names
 from ..models.registry import create_model
 from ..tracking import Tracker, TrackerConfig
-from .depth_fusion import clean_sensor_depth, fuse_depth
+from .depth_fusion import clean_sensor_depth, fill_nearest, fuse_depth
 from .detections import Detections, ObjectTable, Tracks
 from .errors import ConfigError, InputError, ModelError
 from .frames import RgbdFrame
@@ -29,6 +29,8 @@ from .preprocess import Preprocessor
 
 #: Depth "models" that are not networks.
 NO_NETWORK_DEPTH = ("none", "sensor")
+#: How the ``sensor`` model fills the sensor's holes (``depth.fill_holes``).
+FILL_HOLES = ("none", "nearest")
 DEPTH_SOURCES = ("fused", "network", "sensor", "none")
 
 
@@ -76,14 +78,28 @@ class DepthHead:
     without sensor depth gives source 'none': it has no metres). Depths outside
     ``[min_m, max_m]`` are unknown, sensor and network alike. How often the
     node runs this head is decided by :mod:`.head_budget`.
+
+    ``fill_holes`` (``sensor`` model only; a network fills holes itself):
+    ``'none'`` leaves the sensor's holes NaN, ``'nearest'`` gives each hole
+    pixel the depth of the nearest valid pixel, if that is at most
+    ``fill_max_px`` pixels away (0 = any distance).
     """
 
     def __init__(self, model: str, weights: str = "", input_hw: Tuple[int, int] = (240, 320),
                  device: torch.device = torch.device("cpu"), min_m: float = 0.1,
                  max_m: float = 10.0,
-                 options: Optional[Mapping[str, Any]] = None) -> None:
+                 options: Optional[Mapping[str, Any]] = None, fill_holes: str = "none",
+                 fill_max_px: int = 0) -> None:
         if not (math.isfinite(min_m) and math.isfinite(max_m) and 0.0 <= min_m < max_m):
             raise ConfigError(f"depth range needs 0 <= min_m < max_m, got {min_m} and {max_m}")
+        if fill_holes not in FILL_HOLES:
+            raise ConfigError(f"fill_holes must be one of {', '.join(FILL_HOLES)}, got "
+                              f"{fill_holes!r}")
+        if isinstance(fill_max_px, bool) or not isinstance(fill_max_px, int) or fill_max_px < 0:
+            raise ConfigError(f"fill_max_px must be an integer >= 0 (0 = no limit), got "
+                              f"{fill_max_px!r}")
+        self.fill_holes = fill_holes
+        self.fill_max_px = fill_max_px
         self.model_name = model
         self.min_m = float(min_m)
         self.max_m = float(max_m)
@@ -123,6 +139,8 @@ class DepthHead:
             if self.model_name == "none" or frame.depth_m is None:
                 return self._unknown(frame, t0)
             depth = clean_sensor_depth(frame.depth_m, self.min_m, self.max_m)
+            if self.fill_holes == "nearest":
+                depth = fill_nearest(depth, self.fill_max_px or math.inf)
             return DepthResult(depth, "sensor",
                                timings_ms={"depth_ms": _ms(t0, time.perf_counter())})
         pred, t1, t2 = self._predict(frame)
@@ -222,7 +240,7 @@ class DetectionHead:
         """
         self._check_depth(frame, depth_m)
         t0 = time.perf_counter()
-        detections = self._detect(frame.rgb)
+        detections = self._detect(frame, depth_m)
         t1 = time.perf_counter()
         tracks = self.tracker.update(detections, frame.stamp_ns * 1e-9)
         t2 = time.perf_counter()
@@ -246,9 +264,12 @@ class DetectionHead:
                                 "positions_ms": _ms(t1, time.perf_counter())}
         return table
 
-    def _detect(self, rgb: np.ndarray) -> Detections:
+    def _detect(self, frame: RgbdFrame, depth_m: Optional[np.ndarray]) -> Detections:
+        # Depth-based detectors get the sensor's own depth when there is one:
+        # filled holes are guesses (a nearest fill puts steps on a sloped table).
+        depth = frame.depth_m if frame.depth_m is not None else depth_m
         try:
-            return self.detector.detect(rgb)
+            return self.detector.detect(frame.rgb, depth, frame.intrinsics)
         except RuntimeError as exc:
             if _is_oom(exc):
                 if torch.cuda.is_available():

@@ -1,10 +1,12 @@
 """The encoder stage: frame -> preprocessing on the device -> encoder -> FeatureResult."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import time
 from collections import deque
-from typing import Any, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,26 +23,36 @@ from .preprocess import Preprocessor
 log = logging.getLogger(__name__)
 
 
-def compress_encoder(encoder: VisionEncoder, cfg: VisionConfig
+def compress_encoder(encoder: VisionEncoder, cfg: VisionConfig,
+                     frames: Optional[torch.Tensor] = None
                      ) -> Tuple[VisionEncoder, Dict[str, Any]]:
     """Apply ``compression.*`` and the fidelity guard; ConfigError below the floor.
 
-    Calibration frames are read from ``compression.calibration``; every 4th is
-    held out, and the guard compares the compressed encoder with the original
-    on those (the figure is in the error, the log and diagnostics).
+    ``frames``: normalised calibration frames at the encoder input size; None
+    reads them from ``compression.calibration`` (a folder, video, .npz or ROS 2
+    bag; with ``live`` the node's own frames are passed in, see
+    :class:`~robot_vision_ros.compression.live.LiveCompression`).
+    Every 4th is held out, and the guard compares the compressed encoder with
+    the original on those (the figure is in the error, the log and
+    diagnostics). With ``backend: onnxruntime`` INT8 is done by ONNX Runtime
+    and the guard measures that session against the fp32 torch encoder.
     """
     from ..compression import check_fidelity, compress, load_calibration_frames
     from ..compression.apply import split_frames
+    from ..compression.calibration import LIVE
 
-    frames = None
-    if cfg.compression_calibration:
+    if frames is None and cfg.compression_calibration and cfg.compression_calibration != LIVE:
         frames = load_calibration_frames(cfg.compression_calibration,
                                          cfg.compression_calibration_frames, cfg.input_size)
-    elif cfg.compression_min_fidelity > 0:
+    if frames is None and cfg.compression_min_fidelity > 0:
         raise ConfigError("compression.min_fidelity > 0 needs compression.calibration (a "
-                          "folder of images, a video or an .npz of frames) to measure on; "
-                          "set compression.min_fidelity: 0 to run without the guard")
-    model, report = compress(encoder, cfg.compression_mode, cfg.compression_options(), frames)
+                          "folder of images, a video, an .npz of frames, a ROS 2 bag or "
+                          "'live') to measure on; set compression.min_fidelity: 0 to run "
+                          "without the guard")
+    target = resolve_target(cfg.device, cfg.precision)
+    model, report = compress(encoder, cfg.compression_mode, cfg.compression_options(), frames,
+                             backend=cfg.backend, input_hw=cfg.input_size,
+                             device=target.device, threads=cfg.num_threads)
     if frames is not None:
         _, held_out = split_frames(frames)
         figure = check_fidelity(encoder, model, held_out, cfg.compression_min_fidelity,
@@ -52,6 +64,22 @@ def compress_encoder(encoder: VisionEncoder, cfg: VisionConfig
                  cfg.compression_min_fidelity, len(held_out))
     model.name = getattr(model, "name", "") or encoder.name
     return model, report
+
+
+def _runnable(model: VisionEncoder, cfg: VisionConfig, target: ComputeTarget
+              ) -> Tuple[VisionEncoder, Callable[..., Any]]:
+    """``(model on the device, its encode function)`` for the configured backend."""
+    if getattr(model, "runs_onnxruntime", False) and cfg.backend == "onnxruntime":
+        return model, model.encode  # already an onnxruntime session (ORT INT8)
+    model = model.eval().to(target.device)
+    if target.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.backend == "onnxruntime":
+        return model, OnnxRuntimeEncoder(model, cfg.input_size, target.device,
+                                         cfg.num_threads).encode
+    if cfg.compile != "none":
+        compile_encoder(model, cfg.compile)
+    return model, model.encode
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -81,7 +109,12 @@ class EncoderPipeline:
         #: What compression did, with the guard's fidelity figure (empty: none).
         self.compression: Dict[str, Any] = {}
         self._encode = encoder.encode
-        if backend == "onnxruntime":
+        #: Set with ``compression.calibration: live`` (see :meth:`from_config`).
+        self.live: Optional[Any] = None
+        if backend == "onnxruntime" and getattr(encoder, "runs_onnxruntime", False):
+            log.info("encoder '%s' runs its ONNX Runtime %s session", encoder.name,
+                     getattr(encoder, "compression", ""))
+        elif backend == "onnxruntime":
             ort_encoder = OnnxRuntimeEncoder(encoder, input_hw, target.device, num_threads)
             encoder.to(target.device)
             self._encode = ort_encoder.encode
@@ -113,13 +146,69 @@ class EncoderPipeline:
         if not cfg.weights:
             log.warning("encoder '%s' has random weights: its features carry no meaning until "
                         "weights are given (weights: imagenet or a file)", cfg.backbone)
+        from ..compression.calibration import LIVE
+
+        live = cfg.compression_mode != "none" and cfg.compression_calibration == LIVE
         report: Dict[str, Any] = {}
-        if cfg.compression_mode != "none":
+        if cfg.compression_mode != "none" and not live:
             encoder, report = compress_encoder(encoder, cfg)
         pipeline = cls(encoder, cfg.input_size, target, cfg.backend, cfg.compile,
                        cfg.num_threads)
         pipeline.compression = report
+        if live:
+            pipeline._start_live(cfg)
         return pipeline
+
+    def _start_live(self, cfg: VisionConfig) -> None:
+        """Run fp32 while the first frames are collected; compress them in the background."""
+        from ..compression.live import FAILED, LiveCompression
+        from ..compression.quantize import FX_TRACE_LOCK
+
+        if self._uses_history or self.encoder.uses_depth:
+            raise ConfigError(f"compression.calibration 'live' collects RGB encoder inputs; "
+                              f"'{self.backbone}' takes depth or history: calibrate from a "
+                              f"file or bag instead")
+        reference = copy.deepcopy(self.encoder).cpu().eval()
+        target = self.target
+
+        def compress_fn(frames: torch.Tensor):
+            model, report = compress_encoder(reference, cfg, frames)
+            model, encode = _runnable(model, cfg, target)
+            with torch.inference_mode():  # warm up here, not on the first swapped frame
+                encode(frames[:1].to(target.device))
+            return model, encode, report
+
+        live = LiveCompression(cfg.compression_calibration_frames, compress_fn)
+        fp32_encode = self._encode
+
+        def encode(x: torch.Tensor, depth: Optional[torch.Tensor] = None):
+            ready = live.poll()
+            if ready is not None:
+                self.swap_encoder(*ready)
+                return self._encode(x, depth)
+            if live.state == FAILED:
+                raise ModelError(f"compressed encoder failed its guard: {live.error}")
+            live.offer(x)
+            with FX_TRACE_LOCK:  # not while the background thread FX-traces
+                return fp32_encode(x, depth)
+
+        self.live = live
+        self._encode = encode
+        log.info("compression %s: collecting %d live frames, running the uncompressed "
+                 "encoder meanwhile", cfg.compression_mode, live.wanted)
+
+    def swap_encoder(self, model: VisionEncoder, encode: Callable[..., Any],
+                     report: Dict[str, Any]) -> None:
+        """Run ``model`` (through ``encode``) from the next frame on; call between frames.
+
+        The output width must stay the same (subscribers see no change).
+        """
+        if int(model.output_dim) != self.output_dim:
+            raise ModelError(f"swapped encoder gives {model.output_dim} floats, the "
+                             f"pipeline publishes {self.output_dim}")
+        self.encoder, self._encode, self.compression = model, encode, report
+        log.info("compressed encoder swapped in: %s", {k: v for k, v in report.items()
+                                                       if k in ("mode", "method", "guard")})
 
     def reset(self) -> None:
         """Forget temporal context (after a stamp reset)."""
@@ -172,6 +261,7 @@ class EncoderPipeline:
         """Run a few black frames so the first real frame is not slow."""
         h, w = self.input_hw
         blank = RgbdFrame(rgb=np.zeros((h, w, 3), np.uint8), stamp_ns=0)
-        for _ in range(iterations):
-            self.process(blank)
+        with self.live.paused() if self.live is not None else contextlib.nullcontext():
+            for _ in range(iterations):
+                self.process(blank)
         self.reset()

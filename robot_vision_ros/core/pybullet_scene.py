@@ -7,7 +7,9 @@ lego, jenga, random shapes) at random poses; some objects slide across the
 table and the camera slowly orbits while it looks at the table. Frame ``i`` is
 rendered with the CPU tiny renderer as RGB, exact planar depth in metres
 (pybullet's depth buffer linearised with the near and far planes) and a
-segmentation of body ids. The same seed gives the same pixels.
+segmentation of body ids; :meth:`PybulletSequence.ground_truth` turns the
+segmentation into per-object boxes, ids, classes and depths. The same seed
+gives the same pixels.
 
 Rendering costs about 35 ms a 320x240 frame and 180 ms a 640x480 frame on two
 cores (shadows on), so :func:`render_sequence` caches a sequence in an ``.npz``
@@ -22,7 +24,7 @@ import hashlib
 import math
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import List, Optional, Sequence, Tuple
@@ -31,10 +33,13 @@ import numpy as np
 
 from .errors import ConfigError, ModelError
 from .frames import CameraIntrinsics, RgbdFrame
+from .ground_truth import GroundTruth, ground_truth_from_labels
 
 PYBULLET_PIN = "pybullet==3.2.7"
 #: Bump when the scene changes, so stale cached sequences are not replayed.
 SCENE_VERSION = 1
+#: Bump when the cached file's contents change (2: object bodies and classes added).
+CACHE_FORMAT = 2
 DEFAULT_FOV_DEG = 45.0
 NEAR_M = 0.1
 FAR_M = 12.0
@@ -55,6 +60,8 @@ _OBJECTS: Tuple[Tuple[str, bool, Tuple[float, float]], ...] = (
     ("random_urdfs/002/002.urdf", False, (0.08, 0.2)),
     ("random_urdfs/003/003.urdf", False, (0.08, 0.2)),
 )
+#: Ground-truth class names: ``class_id`` indexes this (the URDF of the object).
+CLASS_NAMES = tuple(Path(urdf).stem.replace("_vhacd", "") for urdf, _, _ in _OBJECTS)
 _TEXTURES = ("checker_grid.jpg", "tex256.png", "uvmap.png", "table/table.png",
              "jenga/jenga.png", "checker_blue.png")
 
@@ -187,9 +194,15 @@ class PybulletScene:
                 pb.changeVisualShape(wall, -1, textureUniqueId=self._texture(rng),
                                      physicsClientId=c)
         self._moving: List[_MovingObject] = []
+        #: Body id and class (index of :data:`CLASS_NAMES`) of each object; object id k + 1.
+        self.object_bodies: List[int] = []
+        self.object_classes: List[int] = []
         for k in range(num_objects):
-            urdf, textured, (lo, hi) = _OBJECTS[int(rng.integers(len(_OBJECTS)))]
+            kind = int(rng.integers(len(_OBJECTS)))
+            urdf, textured, (lo, hi) = _OBJECTS[kind]
             body, z_m = self._place(urdf, rng.uniform(lo, hi), rng)
+            self.object_bodies.append(int(body))
+            self.object_classes.append(kind)
             if not textured or rng.random() < 0.3:
                 pb.changeVisualShape(body, -1, rgbaColor=[*rng.uniform(0.05, 1.0, 3), 1],
                                      physicsClientId=c)
@@ -261,16 +274,24 @@ class PybulletScene:
         self.close()
 
 
+def _empty_ids() -> np.ndarray:
+    return np.zeros(0, np.int64)
+
+
 @dataclass(frozen=True)
 class PybulletSequence:
     """``num_frames`` rendered frames of one seed: rgb [N,H,W,3] uint8, depth_m [N,H,W]
-    float32 (exact, NaN = no surface), seg [N,H,W] int32 body ids."""
+    float32 (exact, NaN = no surface), seg [N,H,W] int32 body ids (-1 = none);
+    ``object_bodies [K]`` the body id of object ``k + 1``, ``object_classes [K]``
+    its class (index of :data:`CLASS_NAMES`)."""
 
     seed: int
     rgb: np.ndarray
     depth_m: np.ndarray
     seg: np.ndarray
     intrinsics: CameraIntrinsics
+    object_bodies: np.ndarray = field(default_factory=_empty_ids)
+    object_classes: np.ndarray = field(default_factory=_empty_ids)
 
     def __len__(self) -> int:
         return int(self.rgb.shape[0])
@@ -282,6 +303,22 @@ class PybulletSequence:
                          depth_m=self.depth_m[index] if with_depth else None,
                          intrinsics=self.intrinsics)
 
+    def object_labels(self, index: int) -> np.ndarray:
+        """``[H, W]`` int32 object id (``k + 1``) seen at each pixel of frame ``index``,
+        0 where the table, floor, walls or nothing is seen."""
+        seg = self.seg[index]
+        bodies = np.asarray(self.object_bodies, np.int64)
+        size = int(max(int(seg.max()), int(bodies.max()) if bodies.size else 0)) + 2
+        lookup = np.zeros(size, np.int32)  # seg + 1: body -1 (no hit) lands on 0
+        lookup[bodies + 1] = np.arange(1, len(bodies) + 1, dtype=np.int32)
+        return lookup[seg.astype(np.int64) + 1]
+
+    def ground_truth(self, index: int) -> GroundTruth:
+        """Ground truth of frame ``index`` from its segmentation (visible pixels only)."""
+        class_of = {k + 1: int(c) for k, c in enumerate(self.object_classes)}
+        return ground_truth_from_labels(index, self.object_labels(index), self.depth_m[index],
+                                        class_of)
+
 
 def default_cache_dir() -> Path:
     """``$ROBOT_VISION_CACHE/pybullet`` or ``~/.cache/robot_vision_ros/pybullet``."""
@@ -292,7 +329,8 @@ def default_cache_dir() -> Path:
 
 def _cache_file(cache_dir: Path, seed: int, num_frames: int, width: int, height: int,
                 scene_kwargs: dict) -> Path:
-    key = repr((SCENE_VERSION, seed, num_frames, width, height, sorted(scene_kwargs.items())))
+    key = repr((SCENE_VERSION, CACHE_FORMAT, seed, num_frames, width, height,
+                sorted(scene_kwargs.items())))
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return cache_dir / f"seq_s{seed}_n{num_frames}_{width}x{height}_{digest}.npz"
 
@@ -306,7 +344,9 @@ def load_sequence(path: Path) -> PybulletSequence:
                                     depth_m=data["depth_m"], seg=data["seg"].astype(np.int32),
                                     intrinsics=CameraIntrinsics(float(k[0]), float(k[1]),
                                                                 float(k[2]), float(k[3]),
-                                                                int(k[4]), int(k[5])))
+                                                                int(k[4]), int(k[5])),
+                                    object_bodies=data["object_bodies"].astype(np.int64),
+                                    object_classes=data["object_classes"].astype(np.int64))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"{path} is not a cached pybullet sequence: {exc}") from exc
 
@@ -332,11 +372,14 @@ def render_sequence(seed: int, num_frames: int, width: int = 320, height: int = 
         for i in range(num_frames):
             rgb[i], depth[i], seg[i] = scene.render(i)
         k = scene.intrinsics
-    sequence = PybulletSequence(seed, rgb, depth, seg, k)
+        bodies = np.array(scene.object_bodies, np.int64)
+        classes = np.array(scene.object_classes, np.int64)
+    sequence = PybulletSequence(seed, rgb, depth, seg, k, bodies, classes)
     if use_cache:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, seed=seed, rgb=rgb, depth_m=depth, seg=seg.astype(np.int16),
+                            object_bodies=bodies, object_classes=classes,
                             intrinsics=np.array([k.fx, k.fy, k.cx, k.cy, k.width, k.height]))
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     return sequence

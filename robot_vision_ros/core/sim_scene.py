@@ -14,10 +14,13 @@ import numpy as np
 
 from .errors import ConfigError
 from .frames import CameraIntrinsics
+from .ground_truth import GroundTruth, ground_truth_from_labels
 
 _PALETTE = np.array([[220, 40, 40], [40, 170, 60], [40, 80, 220], [230, 200, 30],
                      [200, 60, 200], [30, 200, 210], [240, 130, 30], [120, 120, 120]],
                     dtype=np.uint8)
+#: Ground-truth class of a box: its palette colour (``class_id`` indexes this).
+CLASS_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "grey")
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,18 @@ class SimObject:
 
 @dataclass(frozen=True)
 class SimFrame:
-    """One rendered frame: ``rgb [H,W,3]`` uint8, ``depth_m [H,W]`` float32, truth."""
+    """One rendered frame: ``rgb [H,W,3]`` uint8, ``depth_m [H,W]`` float32, truth.
+
+    ``objects`` hold each object's whole box (occluded parts included) and its
+    distance; ``labels [H,W]`` int32 is the object id seen at each pixel (0 = table).
+    """
 
     index: int
     time_s: float
     rgb: np.ndarray
     depth_m: np.ndarray
     objects: List[SimObject]
+    labels: np.ndarray
 
 
 class SimScene:
@@ -62,7 +70,8 @@ class SimScene:
         self._pos0 = rng.uniform(0.15, 0.85, size=(n, 2)) * (width, height)
         self._vel = rng.uniform(-0.35, 0.35, size=(n, 2)) * (width, height)  # px/s
         self._depth = rng.uniform(0.6, 2.0, size=n)
-        self._colour = _PALETTE[np.arange(n) % len(_PALETTE)]
+        self.class_ids = np.arange(n) % len(_PALETTE)  # object id i + 1 has class_ids[i]
+        self._colour = _PALETTE[self.class_ids]
 
     def _table(self, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
         h, w = self.height, self.width
@@ -90,6 +99,7 @@ class SimScene:
         t = index / self.fps
         rgb = self._table_rgb.copy()
         depth = self._table_depth.copy()
+        labels = np.zeros(depth.shape, np.int32)
         centres = self._positions(t)
         objects: List[SimObject] = []
         for i in np.argsort(-self._depth):  # far to near: the nearest is drawn last
@@ -106,6 +116,13 @@ class SimScene:
             stripes = ((np.arange(x2 - x1) // 6) % 2 * 30).astype(np.int16)
             colour = np.clip(self._colour[i].astype(np.int16) - stripes[:, None], 0, 255)
             shade[in_front] = np.broadcast_to(colour, shade.shape)[in_front].astype(np.uint8)
+            labels[y1:y2, x1:x2][in_front] = int(i) + 1
             objects.append(SimObject(int(i) + 1, (x1, y1, x2, y2), float(self._depth[i])))
         objects.sort(key=lambda o: o.object_id)
-        return SimFrame(index, t, rgb, depth, objects)
+        return SimFrame(index, t, rgb, depth, objects, labels)
+
+    def ground_truth(self, frame: SimFrame) -> GroundTruth:
+        """Ground truth of ``frame``: boxes of the visible pixels of each object,
+        ``class_id`` = its colour (:data:`CLASS_NAMES`); depth exact."""
+        class_of = {i + 1: int(c) for i, c in enumerate(self.class_ids)}
+        return ground_truth_from_labels(frame.index, frame.labels, frame.depth_m, class_of)

@@ -52,6 +52,7 @@ class Window:
     node_cpu_percent: float
     node_rss_mb: float
     node_diag: Dict[str, str]
+    head_ages_ms: Dict[str, List[float]]
 
     def summary(self, rate_hz: float) -> Dict[str, float]:
         ages = np.array(self.ages_ms) if self.ages_ms else np.array([np.nan])
@@ -69,12 +70,23 @@ class Window:
             "jitter_ms": float(np.nanstd(gaps)),
             "node_processing_ms_p50": processing,
             "age_bound_ms": processing + 2 * 1000.0 / rate_hz + 10.0,
+            **self._head_summary(),
             "node_cpu_percent": self.node_cpu_percent,
             "node_rss_mb": self.node_rss_mb,
             # The node's own accounting (cumulative since activation), e.g. head runs.
             "node_counters": {k: float(v) for k, v in self.node_diag.items()
                               if _is_number(v)},
         }
+
+    def _head_summary(self) -> Dict[str, float]:
+        """Output rate and age of each head's topic (absent heads publish nothing)."""
+        out: Dict[str, float] = {}
+        for head, ages in self.head_ages_ms.items():
+            out[f"{head}_fps"] = len(ages) / self.seconds
+            values = np.array(ages) if ages else np.array([np.nan])
+            out[f"{head}_age_ms_p50"] = float(np.nanpercentile(values, 50))
+            out[f"{head}_age_ms_p99"] = float(np.nanpercentile(values, 99))
+        return out
 
 
 class _Listener(Node):
@@ -86,12 +98,25 @@ class _Listener(Node):
         self.ages_ms: List[float] = []
         self.arrivals: List[float] = []
         self.diag: Dict[str, str] = {}
+        self.head_ages_ms: Dict[str, List[float]] = {"depth": [], "detections": []}
         self.create_subscription(CameraInfo, TOPICS["camera/color/camera_info"], self._on_info,
                                  keep_last("best_effort", 50))
         self.create_subscription(PointCloud2, "/vision/features/tokens", self._on_tokens,
                                  keep_last("reliable", 50))
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag,
                                  keep_last("reliable", 10))
+        # Depth is measured on its camera_info (same header, a few hundred bytes) so
+        # the bench does not spend the node's cores copying depth images.
+        self.create_subscription(CameraInfo, "/vision/depth/camera_info",
+                                 lambda m: self._on_head("depth", m), keep_last("reliable", 50))
+        self.create_subscription(PointCloud2, "/vision/detections",
+                                 lambda m: self._on_head("detections", m),
+                                 keep_last("reliable", 50))
+
+    def _on_head(self, head: str, msg: Any) -> None:
+        if self.recording:
+            now = self.get_clock().now().nanoseconds
+            self.head_ages_ms[head].append((now - stamp_to_ns(msg.header.stamp)) / 1e6)
 
     def _on_info(self, msg: CameraInfo) -> None:
         if self.recording:
@@ -112,6 +137,7 @@ class _Listener(Node):
 
     def reset(self) -> None:
         self.sent_stamps, self.out_stamps, self.ages_ms, self.arrivals = [], [], [], []
+        self.head_ages_ms = {head: [] for head in self.head_ages_ms}
 
     def spin_for(self, seconds: float) -> None:
         spin_for(self, seconds, step_s=0.02)
@@ -189,7 +215,9 @@ class NodeUnderTest:
         raise RuntimeError("vision_node did not become active in time")
 
     def measure(self, rate_hz: float, seconds: float, warmup_s: float = 2.0) -> Window:
-        camera = processes.start("sim_camera", params={"rate_hz": float(rate_hz)},
+        # No ground truth: the bench measures the node, not the simulator's extras.
+        camera = processes.start("sim_camera", params={"rate_hz": float(rate_hz),
+                                                       "publish_ground_truth": False},
                                  remaps=TOPICS, stdout=open(os.devnull, "w"))
         try:
             listener = self.listener
@@ -210,7 +238,8 @@ class NodeUnderTest:
                    if ticks0 is not None and ticks1 is not None else float("nan"))
             return Window(len(set(listener.sent_stamps)), delivered, len(listener.ages_ms),
                           t1 - t0, list(listener.ages_ms), list(listener.arrivals), cpu,
-                          _proc_rss_mb(pid), dict(listener.diag))
+                          _proc_rss_mb(pid), dict(listener.diag),
+                          {k: list(v) for k, v in listener.head_ages_ms.items()})
         finally:
             processes.stop(camera)
             self.listener.spin_for(0.5)
@@ -287,6 +316,11 @@ def _table(results: List[Dict[str, Any]]) -> str:
                         f"{rate} | {r['achieved_fps']:.1f} | {100 * r['drop_fraction']:.1f} | "
                         f"{r['age_ms_p50']:.0f}/{r['age_ms_p99']:.0f} | "
                         f"{r['ratio_to_ceiling']:.2f} | {r['node_cpu_percent']:.0f}")
+            for head in ("depth", "detections"):
+                if r.get(f"{head}_fps", 0.0) > 0:
+                    rows.append(f"{name} {head} | | | {rate} | {r[f'{head}_fps']:.1f} | | "
+                                f"{r[f'{head}_age_ms_p50']:.0f}/{r[f'{head}_age_ms_p99']:.0f}"
+                                " | | ")
         if "peak" in res:
             rows.append(f"{name} | peak | | {res['peak']['peak_rate_hz']:.1f} Hz with <5% drops "
                         f"| | | | {res['peak']['ratio_to_ceiling']:.2f} |")

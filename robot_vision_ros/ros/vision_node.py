@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -22,12 +22,14 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float32MultiArray, Header
 from visualization_msgs.msg import MarkerArray
 
+from ..compression.live import compression_status
 from ..core.compressed_codec import decode_compressed_color, decode_compressed_depth
 from ..core.config import SPECS, VisionConfig, check_value, validate
 from ..core.errors import InputError, VisionError
 from ..core.frames import CameraIntrinsics, FeatureResult, RgbdFrame  # noqa: F401
 from ..core.image_codec import align_depth_to_rgb
-from ..core.perception import PerceptionPipeline, PerceptionResult
+from ..core.head_worker import HeadsWorker
+from ..core.perception import HeadsResult, PerceptionPipeline, PerceptionResult
 from ..core.render import colorize_depth, draw_objects, overlay_attention
 from ..core.runner import InferenceWorker
 from ..core.scheduler import FrameSkipper, FrameSync, PendingFrame
@@ -53,6 +55,8 @@ class VisionNode(LifecycleNode):
         self._cfg: Optional[VisionConfig] = None
         self._pipeline: Optional[PerceptionPipeline] = None
         self._worker: Optional[InferenceWorker] = None
+        self._heads: Optional[HeadsWorker] = None
+        self._frame_index = 0
         self._sync: Optional[FrameSync] = None
         self._skipper: Optional[FrameSkipper] = None
         self._stats = FrameStats()
@@ -116,9 +120,14 @@ class VisionNode(LifecycleNode):
         self._skipper = FrameSkipper(cfg.target_fps, cfg.skip_frames)
         self._sync = FrameSync(cfg.sync_slop_s, cfg.sync_depth_wait_s, cfg.sync_use_depth,
                                on_event=self._on_sync_event)
+        clock_ns = self._clock_ns
         self._worker = InferenceWorker(self._sync, self._decode, self._process,
-                                       self._publish, self._stats, self._warn,
-                                       clock_ns=lambda: self.get_clock().now().nanoseconds)
+                                       self._publish, self._stats, self._warn, clock_ns)
+        self._heads = None
+        self._frame_index = 0
+        if cfg.heads_thread and self._pipeline.has_heads:
+            self._heads = HeadsWorker(self._pipeline.process_heads, self._publish_heads,
+                                      self._stats, self._warn, clock_ns, cfg.heads_threads)
         in_qos = keep_last(cfg.qos_image_reliability, cfg.qos_image_depth)
         rgb_type, rgb_topic = _input("camera/color/image_raw", cfg.input_rgb_transport, self)
         self._subs = [
@@ -131,6 +140,8 @@ class VisionNode(LifecycleNode):
                                              cfg.input_depth_transport, self)
             self._subs.append(self.create_subscription(depth_type, depth_topic,
                                                        self._on_depth, in_qos))
+        if self._heads is not None:
+            self._heads.start()
         self._worker.start()
         self._active = True
         self.get_logger().info("active: waiting for camera/color/image_raw")
@@ -159,6 +170,9 @@ class VisionNode(LifecycleNode):
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+        if self._heads is not None:
+            self._heads.stop()
+            self._heads = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -267,14 +281,23 @@ class VisionNode(LifecycleNode):
         pub = self._pubs.get(key)
         return pub is not None and pub.get_subscription_count() > 0
 
+    def _clock_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
     def _process(self, frame: RgbdFrame) -> PerceptionResult:
-        """Runs on the worker thread: every stage due on this frame."""
-        result = self._pipeline.process(frame, want_attention=self._wanted("attention"))
+        """Runs on the worker thread: every stage due on this frame, or only the
+        encoder when the heads have their own thread."""
+        if self._heads is not None:
+            result = self._pipeline.process_features(frame, self._wanted("attention"))
+        else:
+            result = self._pipeline.process(frame, want_attention=self._wanted("attention"))
         for key, n in result.events.items():
             self._stats.count(key, n)
         return result
 
     def _publish(self, result: PerceptionResult, frame: RgbdFrame) -> None:
+        if not self.context.ok():
+            return  # shutting down (Ctrl-C): the workers stop next
         features = result.features
         header = frame_header(features)
         self._pubs["features"].publish(features_to_multiarray(features.pooled, features.backbone))
@@ -289,8 +312,24 @@ class VisionNode(LifecycleNode):
         if result.attention is not None and self._wanted("attention"):
             self._pubs["attention"].publish(
                 rgb_to_image_msg(overlay_attention(frame.rgb, result.attention), header))
+        if self._heads is not None:
+            self._frame_index += 1
+            self._heads.offer(frame, self._frame_index)
 
-    def _publish_depth(self, result: PerceptionResult, frame: RgbdFrame, header: Header) -> None:
+    def _publish_heads(self, result: HeadsResult, frame: RgbdFrame) -> None:
+        """Runs on the heads thread: depth and detections of one frame."""
+        if not self.context.ok():
+            return
+        for key, n in result.events.items():
+            self._stats.count(key, n)
+        header = Header(stamp=ns_to_stamp(frame.stamp_ns), frame_id=frame.frame_id)
+        if result.depth is not None:
+            self._publish_depth(result, frame, header)
+        if result.objects is not None:
+            self._publish_objects(result, frame, header)
+
+    def _publish_depth(self, result: Union[PerceptionResult, HeadsResult], frame: RgbdFrame,
+                       header: Header) -> None:
         depth_m = result.depth.depth_m
         self._pubs["depth"].publish(depth_m_to_image_msg(depth_m, header))
         if frame.intrinsics is not None:
@@ -303,7 +342,7 @@ class VisionNode(LifecycleNode):
         if result.depth.fit_residual_m == result.depth.fit_residual_m:  # not NaN
             self._stats.observe("depth_fit_residual_mm", 1e3 * result.depth.fit_residual_m)
 
-    def _publish_objects(self, result: PerceptionResult, frame: RgbdFrame,
+    def _publish_objects(self, result: Union[PerceptionResult, HeadsResult], frame: RgbdFrame,
                          header: Header) -> None:
         table = result.objects
         self._pubs["detections"].publish(object_table_to_pointcloud2(table, header))
@@ -323,10 +362,19 @@ class VisionNode(LifecycleNode):
             self._last_warn[key] = now
             self.get_logger().warning(text)
 
+    def _stop_on_failed_compression(self) -> None:
+        """A live-calibrated encoder that failed its guard: log the figure, deactivate."""
+        live = getattr(self._pipeline.encoder, "live", None) if self._pipeline else None
+        if self._active and live is not None and live.state == "failed":
+            self.get_logger().error(f"compressed encoder failed its guard, deactivating: "
+                                    f"{live.error}")
+            self.trigger_deactivate()
+
     def _publish_diagnostics(self) -> None:
         cfg = self._cfg
         if cfg is None or self._diag_pub is None:
             return
+        self._stop_on_failed_compression()
         snap = self._stats.snapshot()
         level, message = DiagnosticStatus.OK, "ok"
         since = self._stats.seconds_since_input()
@@ -336,6 +384,8 @@ class VisionNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, "no camera frames"
         elif self._worker is None or not self._worker.running:
             level, message = DiagnosticStatus.ERROR, "inference worker stopped"
+        elif self._heads is not None and not self._heads.running:
+            level, message = DiagnosticStatus.ERROR, "heads thread stopped"
         else:
             expected = min(cfg.target_fps, snap["input_rate_hz"])
             if cfg.skip_frames > 0:
@@ -348,17 +398,19 @@ class VisionNode(LifecycleNode):
                 level = DiagnosticStatus.WARN
                 message = (f"latency p99 {snap['age_ms_p99']:.0f} ms over "
                            f"{cfg.diagnostics_max_age_ms:g} ms")
+        compression = compression_status(self._pipeline) if self._pipeline else {}
+        if compression.get("compression_state", "").startswith("failed"):
+            level = DiagnosticStatus.ERROR
+            message = f"compression {compression['compression_state']}"
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline",
                                   message=message,
                                   hardware_id=str(self._pipeline.encoder.target.device)
                                   if self._pipeline else "")
         values = {"backbone": cfg.backbone, "device": cfg.device, "precision": cfg.precision,
                   "target_fps": f"{cfg.target_fps:g}", "skip_frames": str(cfg.skip_frames),
-                  "compression": cfg.compression_mode}
-        guard = (self._pipeline.encoder.compression.get("guard") if self._pipeline else None)
-        if guard:
-            values["compression_fidelity"] = f"{guard['value']:.4f}"
-            values["compression_fidelity_metric"] = guard["metric"]
+                  "compression": cfg.compression_mode,
+                  "heads": "own thread" if self._heads is not None else "inline"}
+        values.update(compression)
         values.update({k: _fmt(v) for k, v in sorted(snap.items())})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])

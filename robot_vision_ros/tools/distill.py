@@ -2,8 +2,10 @@
 
 ``python -m robot_vision_ros.tools.distill --teacher resnet50 --student
 mobilenet_v3_small --data FRAMES [--teacher-weights W] [--student-weights W]
-[--epochs N] [--batch 16] [--size 224] [--out student.pt] [--resume]
-[--holdout 0.2] [--temperature 4]``
+[--epochs N] [--batch 16] [--size 224] [--lr 1e-3] [--schedule cosine]
+[--centred-weight 1] [--kl-weight 1] [--temperature 4] [--no-bn-recalibration]
+[--out student.pt] [--resume] [--holdout 0.2] [--holdout-split spread|tail]
+[--eval-data skimage|PATH ...] [--json PATH]``
 
 ``--data`` is a folder of images, a video or an ``.npz`` of uint8 frames. The
 student learns the teacher's pooled features (see
@@ -13,10 +15,28 @@ learned adapter. ``--out`` is written after every epoch: the student's state
 dict under ``state_dict`` (so ``weights: student.pt`` with ``backbone:
 STUDENT`` and ``output_dim:`` as printed loads it), plus the optimizer state,
 the epoch and the held-out fidelity history; ``--resume`` continues it.
+
+Fidelity is scored after every epoch on the held-out frames of ``--data``
+(``--holdout-split tail`` keeps the last part of a video out as one block:
+neighbouring video frames are near-duplicates, so evenly spread held-out
+frames flatter the student) and on every ``--eval-data`` source, which the
+student never trains on: ``skimage`` (the colour photos that ship with
+scikit-image, each in fixed crops/mirrors) or anything ``--data`` accepts.
+The last line printed is a JSON summary (also written to ``--json``).
+
+After every epoch the student's BatchNorm statistics are re-estimated on
+unaugmented training frames (see
+:func:`~robot_vision_ros.compression.distill.recalibrate_batchnorm`). A teacher
+without weights is initialised from ``--seed``: the student then mimics that
+one random network, which a node building the same teacher unseeded does not
+have.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
 import random
 import sys
 import time
@@ -27,8 +47,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..compression.calibration import normalise_frames, read_frames
-from ..compression.distill import augment, both_have_logits, holdout_fidelity, train_step
+from ..compression.calibration import even_indices, normalise_frames, read_frames
+from ..compression.distill import (PHOTO_VIEWS, augment, both_have_logits, holdout_fidelity,
+                                   photo_views, recalibrate_batchnorm, teacher_mean_feature,
+                                   train_step)
+from ..compression.fidelity import eval_mode, run_batched
 from ..core.errors import ConfigError, VisionError
 from ..models.encoders.base import VisionEncoder
 from ..models.registry import create_model
@@ -36,6 +59,22 @@ from ..models.weights import load_checkpoint
 
 #: Frames are stored this much larger than ``--size`` so random crops keep detail.
 STORE_SCALE = 8 / 7
+#: ``--holdout-split`` values: evenly spread frames, or the last block of the sequence.
+HOLDOUT_SPLITS: Tuple[str, ...] = ("spread", "tail")
+#: ``--schedule`` values: constant learning rate, or cosine decay to 0 over all epochs.
+SCHEDULES: Tuple[str, ...] = ("constant", "cosine")
+#: ``--eval-data`` keyword for scikit-image's bundled colour photos.
+SKIMAGE_KEYWORD = "skimage"
+#: Colour photos that ship inside the scikit-image wheel (functions returning one
+#: RGB image, or the stereo pair's two views). The colour photos ``skimage.data``
+#: downloads on first use (``skin``) are not listed: nothing may download, and
+#: under pytest scikit-image skips the calling test instead of raising.
+SKIMAGE_PHOTOS: Tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket",
+                                   "hubble_deep_field", "immunohistochemistry", "retina",
+                                   "stereo_motorcycle", "cat")
+#: Training frames (unaugmented) the teacher's mean feature (for the centred
+#: loss) and the student's BatchNorm statistics after each epoch come from.
+MEAN_FRAMES = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--temperature", type=float, default=4.0, help="KL temperature T")
     p.add_argument("--holdout", type=float, default=0.2,
-                   help="fraction of frames (evenly spread) kept out for fidelity")
+                   help="fraction of frames kept out for fidelity")
+    p.add_argument("--holdout-split", default="spread",
+                   help="spread (held-out frames evenly spread) or tail (the last block: "
+                        "the honest test for a video)")
+    p.add_argument("--eval-data", action="append", default=[], metavar="SOURCE",
+                   help="extra frames never trained on, scored every epoch (repeatable): "
+                        "'skimage' (scikit-image's colour photos, 8 fixed crops/mirrors "
+                        "each) or a folder, video or .npz")
+    p.add_argument("--schedule", default="cosine",
+                   help="learning rate: constant or cosine (decay to 0 over --epochs)")
+    p.add_argument("--centred-weight", type=float, default=1.0,
+                   help="weight of the (1 - centred cosine) loss term (0 = off)")
+    p.add_argument("--kl-weight", type=float, default=1.0,
+                   help="weight of the KL term on logits when both models have classifiers "
+                        "(0 = off, e.g. for a teacher whose classifier is untrained)")
+    p.add_argument("--no-bn-recalibration", action="store_true",
+                   help="keep the student's BatchNorm running statistics from training "
+                        "instead of re-estimating them on unaugmented frames each epoch")
+    p.add_argument("--json", default="", help="also write the final summary JSON here")
     p.add_argument("--max-frames", type=int, default=2000, help="frames read from --data")
     p.add_argument("--out", default="student.pt", help="checkpoint and weights file")
     p.add_argument("--resume", action="store_true", help="continue from --out")
@@ -78,6 +135,19 @@ def check_args(args: argparse.Namespace) -> None:
     if args.temperature <= 0 or args.lr <= 0:
         raise ConfigError(f"--temperature and --lr must be > 0, got {args.temperature}, "
                           f"{args.lr}")
+    if args.holdout_split not in HOLDOUT_SPLITS:
+        raise ConfigError(f"--holdout-split must be one of {', '.join(HOLDOUT_SPLITS)}, "
+                          f"got '{args.holdout_split}'")
+    if args.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
+                          f"got '{args.schedule}'")
+    if args.centred_weight < 0 or args.kl_weight < 0:
+        raise ConfigError(f"--centred-weight and --kl-weight must be >= 0, got "
+                          f"{args.centred_weight}, {args.kl_weight}")
+    for source in args.eval_data:
+        if source != SKIMAGE_KEYWORD and not Path(source).expanduser().exists():
+            raise ConfigError(f"--eval-data {source} is neither '{SKIMAGE_KEYWORD}' nor an "
+                              f"existing folder of images, video file or .npz")
 
 
 def build_models(args: argparse.Namespace) -> Tuple[VisionEncoder, VisionEncoder]:
@@ -91,25 +161,35 @@ def build_models(args: argparse.Namespace) -> Tuple[VisionEncoder, VisionEncoder
     return teacher, student
 
 
-def split_indices(count: int, holdout: float) -> Tuple[List[int], List[int]]:
-    """(train, held-out) frame indices; held-out ones spread evenly over the sequence."""
+def split_indices(count: int, holdout: float, split: str = "spread"
+                  ) -> Tuple[List[int], List[int]]:
+    """(train, held-out) frame indices.
+
+    ``split``: ``spread`` spreads the held-out frames evenly over the sequence;
+    ``tail`` holds out the last ``holdout`` fraction as one block.
+    """
+    if split not in HOLDOUT_SPLITS:
+        raise ConfigError(f"--holdout-split must be one of {', '.join(HOLDOUT_SPLITS)}, "
+                          f"got '{split}'")
     n_hold = int(round(count * holdout))
     if n_hold == 0:
         return list(range(count)), []
     if count - n_hold < 1:
         raise ConfigError(f"--holdout {holdout} leaves no training frames out of {count}")
+    if split == "tail":
+        return list(range(count - n_hold)), list(range(count - n_hold, count))
     held = sorted({int(round(i)) for i in np.linspace(0, count - 1, n_hold)})
     held_set = set(held)
     return [i for i in range(count) if i not in held_set], held
 
 
 def load_data(args: argparse.Namespace) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(training frames uint8 ``[N, 3, S, S]``, held-out frames normalised ``[M, 3, size, size]``)."""
+    """Training frames (uint8 ``[N, 3, S, S]``) and held-out ones (normalised, ``--size``)."""
     if not Path(args.data).expanduser().exists():
         raise ConfigError(f"--data {args.data} does not exist (give a folder of images, a "
                           f"video file or an .npz of uint8 frames)")
     frames = read_frames(args.data, args.max_frames)
-    train_idx, held_idx = split_indices(len(frames), args.holdout)
+    train_idx, held_idx = split_indices(len(frames), args.holdout, args.holdout_split)
     store = int(round(args.size * STORE_SCALE))
     stored = []
     for i in train_idx:
@@ -120,6 +200,85 @@ def load_data(args: argparse.Namespace) -> Tuple[torch.Tensor, torch.Tensor]:
     held = (normalise_frames([frames[i] for i in held_idx], (args.size, args.size))
             if held_idx else torch.empty(0, 3, args.size, args.size))
     return torch.cat(stored), held
+
+
+def skimage_photos() -> Dict[str, np.ndarray]:
+    """scikit-image's colour photos that are on this machine, by name (uint8 RGB).
+
+    A listed image missing from this install (``skimage.data`` would need
+    ``pooch`` and the network) is skipped with a message on stderr; nothing is
+    fetched.
+    Duplicates (``cat`` is ``chelsea``) are dropped.
+    """
+    try:
+        from skimage import data as skdata
+    except ImportError as exc:
+        raise ConfigError(f"--eval-data {SKIMAGE_KEYWORD} needs scikit-image "
+                          f"(pip install scikit-image): {exc}") from exc
+    photos: Dict[str, np.ndarray] = {}
+    seen = set()
+    for name in SKIMAGE_PHOTOS:
+        loader = getattr(skdata, name, None)
+        if loader is None:
+            continue
+        try:
+            loaded = loader()
+        except (ModuleNotFoundError, OSError) as exc:  # pooch missing, or no network
+            print(f"distill: skimage.data.{name} is not on this machine, skipped "
+                  f"({type(exc).__name__})", file=sys.stderr)
+            continue
+        images = loaded[:2] if isinstance(loaded, tuple) else (loaded,)  # stereo pair
+        for index, image in enumerate(images):
+            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8
+                    and image.ndim == 3 and image.shape[-1] == 3):
+                continue
+            digest = hashlib.sha1(image.tobytes()).hexdigest()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            photos[name if len(images) == 1 else f"{name}_{index}"] = image
+    if len(photos) < 2:
+        raise ConfigError(f"--eval-data {SKIMAGE_KEYWORD}: fewer than 2 colour photos of "
+                          f"skimage.data load on this machine ({sorted(photos)})")
+    return photos
+
+
+def load_eval_sets(args: argparse.Namespace) -> Dict[str, Tuple[torch.Tensor, str]]:
+    """``{name: (normalised frames, description)}`` for every ``--eval-data`` source."""
+    sets: Dict[str, Tuple[torch.Tensor, str]] = {}
+    size = (args.size, args.size)
+    for source in args.eval_data:
+        if source == SKIMAGE_KEYWORD:
+            photos = skimage_photos()
+            views = [v for image in photos.values() for v in photo_views(image)]
+            name = SKIMAGE_KEYWORD
+            note = (f"{len(photos)} skimage.data colour photos ({', '.join(photos)}) x "
+                    f"{len(PHOTO_VIEWS)} fixed crops/mirrors = {len(views)} images")
+            frames = normalise_frames(views, size)
+        else:
+            images = read_frames(source, args.max_frames)
+            name = Path(source).expanduser().name or source
+            note = f"{len(images)} frames of {source}"
+            frames = normalise_frames(images, size)
+        if len(frames) < 2:
+            raise ConfigError(f"--eval-data {source} gives {len(frames)} frame; fidelity "
+                              f"needs at least 2")
+        unique, count = name, 2
+        while unique in sets:
+            unique, count = f"{name}#{count}", count + 1
+        sets[unique] = (frames, note)
+    return sets
+
+
+def lr_at(args: argparse.Namespace, step: int, total_steps: int) -> float:
+    """Learning rate at optimisation ``step`` of ``total_steps`` under ``--schedule``.
+
+    A function of the step alone (no scheduler state), so ``--resume`` picks
+    the schedule up where it stopped.
+    """
+    if args.schedule == "constant" or total_steps <= 1:
+        return args.lr
+    return 0.5 * args.lr * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
 class _PrintedBar:
@@ -163,7 +322,7 @@ def _resume(path: Path, student: VisionEncoder, optimizer: torch.optim.Optimizer
                             "train without --resume first, with the same --out")
     if not isinstance(state, dict) or "state_dict" not in state or "optimizer" not in state:
         raise ConfigError(f"--resume: {path} is not a checkpoint written by tools.distill")
-    saved = state.get("meta", {})
+    saved = {"holdout_split": "spread", **state.get("meta", {})}  # older files: spread
     differs = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
     if differs:
         raise ConfigError(f"--resume: {path} was trained with other settings "
@@ -179,47 +338,100 @@ def _batches(count: int, batch: int, generator: torch.Generator) -> Iterable[tor
         yield order[start:start + batch]
 
 
+def _plain_frames(train_frames: torch.Tensor, size: int, mean: torch.Tensor,
+                  std: torch.Tensor) -> torch.Tensor:
+    """Up to MEAN_FRAMES training frames, unaugmented, normalised at ``size``, shuffled.
+
+    Shuffled with a fixed seed so each BatchNorm recalibration batch mixes
+    distant frames, as training batches do (neighbouring video frames alike
+    would understate the variance).
+    """
+    chosen = torch.tensor(even_indices(len(train_frames), MEAN_FRAMES))
+    chosen = chosen[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))]
+    picked = train_frames[chosen].float() / 255.0
+    picked = F.interpolate(picked, size=(size, size), mode="bilinear", align_corners=False,
+                           antialias=True)
+    return (picked - mean) / std
+
+
+def _teacher_features(teacher: VisionEncoder, frames: torch.Tensor) -> torch.Tensor:
+    with eval_mode(teacher):
+        return run_batched(teacher, frames)
+
+
+def _train_epoch(args: argparse.Namespace, epoch: int, student: VisionEncoder,
+                 teacher: VisionEncoder, optimizer: torch.optim.Optimizer,
+                 train_frames: torch.Tensor, use_logits: bool,
+                 teacher_mean: Optional[torch.Tensor]) -> Dict[str, float]:
+    """One pass over the augmented training frames; the loss parts averaged over batches."""
+    mean = torch.tensor(student.mean).view(1, 3, 1, 1)
+    std = torch.tensor(student.std).view(1, 3, 1, 1)
+    rng = random.Random(args.seed * 1000 + epoch)
+    generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+    n_batches = -(-len(train_frames) // args.batch)
+    bar = _progress(n_batches, f"epoch {epoch + 1}/{args.epochs}", args.no_progress)
+    student.train()
+    sums: Dict[str, float] = {}
+    for step, index in enumerate(_batches(len(train_frames), args.batch, generator)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(args, epoch * n_batches + step, n_batches * args.epochs)
+        batch = augment(train_frames[index], (args.size, args.size), mean, std, rng)
+        parts = train_step(student, teacher, batch, optimizer, args.temperature, use_logits,
+                           teacher_mean=teacher_mean, centred_weight=args.centred_weight,
+                           kl_weight=args.kl_weight)
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"loss {parts['loss']:.3f}")
+    if bar is not None:
+        bar.close()
+    return {k: v / n_batches for k, v in sums.items()}
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
-    """Train; returns ``{'out', 'epoch', 'history', 'output_dim'}``."""
+    """Train; returns ``{'out', 'epoch', 'history', 'output_dim', 'summary'}``."""
     check_args(args)
+    run_started = time.perf_counter()
     torch.manual_seed(args.seed)
     teacher, student = build_models(args)
     train_frames, held_frames = load_data(args)
+    eval_sets = load_eval_sets(args)
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"teacher": args.teacher, "student": args.student,
             "output_dim": student.output_dim if student.output_dim != student.native_dim else 0,
-            "size": args.size}
+            "size": args.size, "holdout_split": args.holdout_split}
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=1e-4)
     start_epoch, history = 0, []
     if args.resume:
         start_epoch, history = _resume(out, student, optimizer, meta)
-    use_logits = both_have_logits(student, teacher)
+    use_logits = both_have_logits(student, teacher) and args.kl_weight > 0
     mean = torch.tensor(student.mean).view(1, 3, 1, 1)
     std = torch.tensor(student.std).view(1, 3, 1, 1)
+    # The teacher is frozen: its features of the scored frames are computed once.
+    held_teacher = _teacher_features(teacher, held_frames) if len(held_frames) >= 2 else None
+    eval_teacher = {name: _teacher_features(teacher, frames)
+                    for name, (frames, _) in eval_sets.items()}
+    plain_frames = _plain_frames(train_frames, args.size, mean, std)
+    teacher_mean = (teacher_mean_feature(teacher, plain_frames)
+                    if args.centred_weight > 0 else None)
     print(f"distilling {args.teacher} -> {args.student} (output_dim {meta['output_dim']}, "
           f"KL on logits: {use_logits}) on {len(train_frames)} frames, "
-          f"{len(held_frames)} held out; epochs {start_epoch + 1}..{args.epochs}", flush=True)
+          f"{len(held_frames)} held out ({args.holdout_split}); epochs "
+          f"{start_epoch + 1}..{args.epochs}", flush=True)
+    for name, (_, note) in eval_sets.items():
+        print(f"eval set '{name}' (never trained on): {note}", flush=True)
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
-        rng = random.Random(args.seed * 1000 + epoch)
-        generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        n_batches = -(-len(train_frames) // args.batch)
-        bar = _progress(n_batches, f"epoch {epoch + 1}/{args.epochs}", args.no_progress)
-        student.train()
-        sums: Dict[str, float] = {}
-        for index in _batches(len(train_frames), args.batch, generator):
-            batch = augment(train_frames[index], (args.size, args.size), mean, std, rng)
-            parts = train_step(student, teacher, batch, optimizer, args.temperature, use_logits)
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"loss {parts['loss']:.3f}")
-        if bar is not None:
-            bar.close()
-        record = {k: v / n_batches for k, v in sums.items()}
-        record.update(holdout_fidelity(student, teacher, held_frames))
+        record: Dict[str, Any] = _train_epoch(args, epoch, student, teacher, optimizer,
+                                              train_frames, use_logits, teacher_mean)
+        if not args.no_bn_recalibration:
+            recalibrate_batchnorm(student, plain_frames)
+        record["lr_end"] = optimizer.param_groups[0]["lr"]
+        record.update(holdout_fidelity(student, teacher, held_frames, held_teacher))
+        record["eval"] = {name: holdout_fidelity(student, teacher, frames, eval_teacher[name])
+                          for name, (frames, _) in eval_sets.items()}
         record["epoch"] = epoch + 1
         record["seconds"] = time.perf_counter() - started
         history.append(record)
@@ -228,17 +440,60 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         print(_epoch_line(record, args.epochs), flush=True)
     print(f"wrote {out}: use backbone: {args.student}, output_dim: {meta['output_dim']}, "
           f"weights: {out}", flush=True)
+    summary = _summary(args, meta, history, eval_sets, len(train_frames), len(held_frames),
+                       out, time.perf_counter() - run_started)
+    line = json.dumps(summary, sort_keys=True)
+    if args.json:
+        json_path = Path(args.json).expanduser()
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(line, flush=True)
     return {"out": out, "epoch": args.epochs, "history": history,
-            "output_dim": meta["output_dim"]}
+            "output_dim": meta["output_dim"], "summary": summary}
 
 
-def _epoch_line(record: Dict[str, float], epochs: int) -> str:
+def _fidelity_keys(record: Dict[str, Any]) -> Dict[str, float]:
+    return {k: record[k] for k in ("plain_cosine", "centred_cosine", "linear_cka")
+            if k in record}
+
+
+def _summary(args: argparse.Namespace, meta: Dict[str, Any], history: List[Dict[str, Any]],
+             eval_sets: Dict[str, Tuple[torch.Tensor, str]], n_train: int, n_held: int,
+             out: Path, seconds: float) -> Dict[str, Any]:
+    """The run's settings and its last epoch's fidelity figures."""
+    last = history[-1] if history else {}
+    return {
+        "teacher": args.teacher, "teacher_weights": args.teacher_weights or "random init",
+        "student": args.student, "student_weights": args.student_weights or "random init",
+        "output_dim": meta["output_dim"], "size": args.size, "epochs": args.epochs,
+        "batch": args.batch, "lr": args.lr, "schedule": args.schedule,
+        "centred_weight": args.centred_weight, "kl_weight": args.kl_weight,
+        "temperature": args.temperature, "data": args.data,
+        "bn_recalibration": not args.no_bn_recalibration,
+        "train_frames": n_train, "holdout_frames": n_held, "holdout_split": args.holdout_split,
+        "holdout": _fidelity_keys(last),
+        "eval": {name: {"images": len(frames), "what": note,
+                        **_fidelity_keys(last.get("eval", {}).get(name, {}))}
+                 for name, (frames, note) in eval_sets.items()},
+        "out": str(out), "seconds": round(seconds, 1),
+    }
+
+
+def _epoch_line(record: Dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {int(record['epoch'])}/{epochs}", f"loss {record.get('loss', 0.0):.4f}",
              f"(1-cos {record.get('cosine', 0.0):.4f}, mse {record.get('mse', 0.0):.4f}"
+             + (f", 1-ccos {record['centred']:.4f}" if "centred" in record else "")
              + (f", kl {record['kl']:.4f})" if "kl" in record else ")")]
     if "linear_cka" in record:
         parts.append(f"held-out centred_cosine {record.get('centred_cosine', float('nan')):.4f} "
-                     f"linear_cka {record['linear_cka']:.4f}")
+                     f"linear_cka {record['linear_cka']:.4f} "
+                     f"cosine {record.get('plain_cosine', float('nan')):.4f}")
+    for name, figures in record.get("eval", {}).items():
+        if figures:
+            parts.append(f"| {name} centred_cosine "
+                         f"{figures.get('centred_cosine', float('nan')):.4f} linear_cka "
+                         f"{figures['linear_cka']:.4f} cosine "
+                         f"{figures.get('plain_cosine', float('nan')):.4f}")
     parts.append(f"{record['seconds']:.1f}s")
     return " ".join(parts)
 

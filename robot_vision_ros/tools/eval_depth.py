@@ -33,12 +33,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 
 from ..core.depth_fusion import depth_metrics, nearest_fill, nearest_ratio_fill
 from ..core.errors import ConfigError, VisionError
+from ..core.ground_truth import remove_blobs  # noqa: F401 - part of this tool's API
 from ..core.frames import RgbdFrame
 from ..core.heads import DepthHead
 from ..models.weights import load_checkpoint
@@ -52,41 +52,6 @@ PROPOSAL = "ratio fill, no global fit"
 def residual_fill(pred_m: np.ndarray, sensor_m: np.ndarray) -> np.ndarray:
     """Nearest-ratio fill of the raw prediction (no global fit first), for comparison."""
     return nearest_ratio_fill(pred_m, sensor_m)
-
-
-def remove_blobs(valid: np.ndarray, fraction: float = 0.3, seed: int = 0) -> np.ndarray:
-    """Mask of removed pixels: random ellipses and rectangles until ``fraction`` of
-    the ``valid`` pixels is covered (overshoot at most one blob, a few percent).
-
-    Blob sizes scale with the image (semi-axes 3-12 % of the shorter side), so
-    320x240 and 640x480 lose the same structures. Deterministic for ``seed``.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"fraction must be in (0, 1), got {fraction}")
-    valid = np.asarray(valid, dtype=bool)
-    if valid.ndim != 2:
-        raise ConfigError(f"valid must be an [H, W] mask, got shape {valid.shape}")
-    n_valid = int(valid.sum())
-    h, w = valid.shape
-    mask = np.zeros((h, w), np.uint8)
-    if n_valid == 0:
-        return mask.astype(bool)
-    rng = np.random.default_rng(seed)
-    short = min(h, w)
-    removed = 0
-    for _ in range(100_000):  # a bound only; typically 20-60 blobs
-        if removed >= fraction * n_valid:
-            break
-        cx, cy = int(rng.integers(0, w)), int(rng.integers(0, h))
-        ax, ay = (rng.uniform(0.03, 0.12, 2) * short).astype(int) + 1
-        if rng.random() < 0.5:
-            cv2.ellipse(mask, (cx, cy), (int(ax), int(ay)), float(rng.uniform(0, 180)), 0, 360,
-                        1, thickness=-1)
-        else:
-            cv2.rectangle(mask, (cx - int(ax), cy - int(ay)), (cx + int(ax), cy + int(ay)), 1,
-                          thickness=-1)
-        removed = int((mask.astype(bool) & valid).sum())
-    return mask.astype(bool) & valid
 
 
 def _parse_size(text: str) -> Tuple[int, int]:

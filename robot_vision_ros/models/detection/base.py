@@ -1,10 +1,12 @@
 """The interface every detector shares, and validation of its common arguments.
 
-A detector takes one ``[H, W, 3]`` uint8 RGB frame and returns
+A detector takes one ``[H, W, 3]`` uint8 RGB frame (plus, optionally, the
+aligned depth in metres and the camera intrinsics) and returns
 :class:`~robot_vision_ros.core.detections.Detections` in pixels of that frame;
 ``class_ids`` index into ``class_names``. Preprocessing (resize, letterbox,
 normalisation) and decoding happen inside, so callers never see model-input
-coordinates.
+coordinates. RGB detectors ignore the depth; depth-based ones (``tabletop``)
+override :meth:`Detector._detect_rgbd`.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import torch
 
 from ...core.detections import Detections
 from ...core.errors import ConfigError, InputError
+from ...core.frames import CameraIntrinsics
+from ...core.geometry import check_intrinsics
 from .labels import ClassNamesSpec, load_class_names
 
 DeviceSpec = Union[None, str, torch.device]
@@ -34,6 +38,23 @@ def check_rgb(rgb: object) -> np.ndarray:
     if rgb.dtype != np.uint8:
         raise InputError(f"detector input must be uint8 RGB, got {rgb.dtype}", reason="bad_dtype")
     return rgb
+
+
+def check_depth(depth_m: object, hw: Tuple[int, int]) -> np.ndarray:
+    """Depth as an ``[H, W]`` float array at the RGB size ``hw``, else InputError.
+
+    Values are not checked: NaN, inf and <= 0 mean "unknown" to every detector.
+    """
+    if not isinstance(depth_m, np.ndarray):
+        raise InputError(f"depth_m must be a numpy array, got {type(depth_m).__name__}",
+                         reason="bad_type")
+    if depth_m.shape != tuple(hw):
+        raise InputError(f"depth_m must be [H, W] at the RGB resolution {hw[0]}x{hw[1]}, got "
+                         f"shape {depth_m.shape}", reason="bad_size")
+    if depth_m.dtype.kind != "f":
+        raise InputError(f"depth_m must be float metres, got {depth_m.dtype} (convert 16UC1 "
+                         "millimetres with / 1000 first)", reason="bad_dtype")
+    return depth_m
 
 
 def check_unit_interval(name: str, value: object, allow_zero: bool = True) -> float:
@@ -113,9 +134,26 @@ class Detector(abc.ABC):
                               f"{self.name or type(self).__name__} predicts {num_classes} classes")
         self._class_names = list(names)
 
-    def detect(self, rgb: np.ndarray) -> Detections:
-        """Detections of one ``[H, W, 3]`` uint8 RGB frame, boxes in its pixels."""
-        return self._detect(check_rgb(rgb))
+    def detect(self, rgb: np.ndarray, depth_m: Optional[np.ndarray] = None,
+               intrinsics: Optional[CameraIntrinsics] = None) -> Detections:
+        """Detections of one ``[H, W, 3]`` uint8 RGB frame, boxes in its pixels.
+
+        ``depth_m``: the aligned ``[H, W]`` depth in metres (NaN unknown) or None;
+        ``intrinsics``: the camera's, for that size, or None. Detectors that do
+        not use depth ignore both (after checking them). InputError on a bad frame,
+        depth or intrinsics.
+        """
+        rgb = check_rgb(rgb)
+        if depth_m is not None:
+            depth_m = check_depth(depth_m, rgb.shape[:2])
+        if intrinsics is not None:
+            check_intrinsics(intrinsics, rgb.shape[:2])
+        return self._detect_rgbd(rgb, depth_m, intrinsics)
+
+    def _detect_rgbd(self, rgb: np.ndarray, depth_m: Optional[np.ndarray],
+                     intrinsics: Optional[CameraIntrinsics]) -> Detections:
+        """Detect on checked inputs; RGB detectors see the colour image only."""
+        return self._detect(rgb)
 
     @abc.abstractmethod
     def _detect(self, rgb: np.ndarray) -> Detections:
