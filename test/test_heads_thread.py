@@ -25,7 +25,7 @@ from robot_vision_ros.core.stats import FrameStats
 from robot_vision_ros.ros.conversions import stamp_to_ns
 
 from conftest import asset_path
-from ros_probe import Probe, running
+from ros_probe import Probe, running, wait_for_log
 
 SMALL = {"backbone": "realtime", "output_dim": 16, "input_size": [64, 64]}
 
@@ -201,11 +201,33 @@ def test_worker_counts_bad_frames_and_keeps_going():
         HeadsWorker(run, print, stats, print, time.time_ns, threads=-1)
 
 
+def test_heads_thread_runs_at_a_lower_priority_than_the_rest():
+    import os
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = HeadsWorker(lambda f, i: HeadsResult(), lambda r, f: None, FrameStats(), print,
+                         clock_ns=time.time_ns, nice=min(19, own + 7))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while worker.niceness is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert worker.niceness == min(19, own + 7)
+    # Only the heads thread: the caller (the encoder's side) keeps its priority.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    with pytest.raises(ValueError, match="nice must be in 0..19"):
+        HeadsWorker(lambda f, i: HeadsResult(), print, FrameStats(), print, time.time_ns,
+                    nice=25)
+
+
 def test_heads_thread_parameters_are_validated():
     with pytest.raises(ConfigError, match="heads.threads"):
         config.validate({"heads.threads": -1})
     with pytest.raises(ConfigError, match="heads.thread"):
         config.validate({"heads.thread": "yes"})
+    with pytest.raises(ConfigError, match="heads.nice"):
+        config.validate({"heads.nice": 20})
     cfg = config.validate({"detection.model": "onnx", "detection.weights": "x.onnx",
                            "heads.threads": 2})
     assert cfg.detector_options()["intra_op_num_threads"] == 2
@@ -269,3 +291,18 @@ def test_inline_heads_still_publish_depth(ros):
     assert diag["heads"] == "inline" and "heads_processed" not in diag
     assert all(stamp_to_ns(m.header.stamp) > 0 for m in probe.received["/vision/depth"])
     probe.destroy_node()
+
+
+def test_depth_nobody_uses_is_not_subscribed(ros):
+    probe = Probe("no_depth_probe")
+    probe.listen(Float32MultiArray, "/vision/features")
+    probe.listen(DiagnosticArray, "/diagnostics")
+    params = dict(SMALL, **{"depth.model": "none", "detection.model": "none"})
+    with running("sim_camera", params={"rate_hz": 15.0, "num_objects": 2, "seed": 6},
+                 remaps=REMAPS), running("vision_node", params=params, remaps=REMAPS) as node:
+        assert probe.spin_until(lambda: len(probe.received["/vision/features"]) >= 5, 120), \
+            node.log()
+        assert probe.spin_until(lambda: float(probe.diagnostics().get("processed", 0)) >= 5, 10)
+        diag = probe.diagnostics()
+        assert wait_for_log(node, "camera/depth/image_raw not subscribed", 5), node.log()
+    assert "depth_received" not in diag and "sync_no_depth" not in diag

@@ -16,11 +16,25 @@ teacher's mean feature, a ``(1 - centred cosine)`` term is added: post-ReLU
 features share a large common direction, so the plain cosine is near 1 long
 before the student follows how frames *differ*, which is what the held-out
 centred cosine and CKA measure.
+
+Token-level (spatial) distillation (``token_weight > 0``, grid CNNs): pooled
+supervision gives one target per image, and on one static scene the teacher's
+pooled features hardly vary between frames, so the student never learns the
+local structure behind those small variations. The token terms compare every
+cell of the last feature grid instead (:func:`token_loss`): per-token
+``(1 - cosine)`` + normalised MSE, plus ``(1 - cosine)`` after subtracting the
+teacher's mean token at each grid position over the batch. The student's cells
+go through its own ``proj``: a ``Linear`` is affine, so mean-pooling then
+projecting equals projecting every cell then pooling; the pooled output the
+node publishes is the mean of exactly the tokens trained here, and no extra
+adapter exists to discard. A student grid of another size is resized to the
+teacher's (bilinear, also affine-commuting).
 """
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -29,6 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import ConfigError
+from ..models.encoders.mobilenet import TorchvisionFeaturesEncoder
+from ..models.encoders.realtime import RealtimeEncoder
+from ..models.encoders.resnet import ResNetEncoder
 from .fidelity import (centred_cosine, eval_mode, linear_cka, logits_fn, mean_cosine,
                        run_batched)
 
@@ -64,17 +81,48 @@ def kd_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature ** 2
 
 
+def token_loss(student_tokens: torch.Tensor, teacher_tokens: torch.Tensor,
+               centre: bool = True) -> Dict[str, torch.Tensor]:
+    """Per-token terms of ``[B, N, D]`` tokens at matching grid positions.
+
+    ``cosine``: ``1 -`` mean cosine over all B*N tokens; ``mse``: MSE divided by
+    the teacher tokens' mean square; with ``centre`` (and B >= 2) ``centred``:
+    ``1 -`` mean cosine after subtracting the teacher's mean token of each
+    position over the batch, so the large direction all tokens share does not
+    hide how the cells differ.
+    """
+    if student_tokens.shape != teacher_tokens.shape or student_tokens.dim() != 3:
+        raise ConfigError(f"student tokens {tuple(student_tokens.shape)} do not match the "
+                          f"teacher's {tuple(teacher_tokens.shape)} (both [B, N, D]): resize "
+                          f"the student grid to the teacher's and build it with "
+                          f"output_dim={teacher_tokens.shape[-1]}")
+    cosine = F.cosine_similarity(student_tokens, teacher_tokens, dim=-1, eps=1e-8).mean()
+    scale = teacher_tokens.detach().pow(2).mean().clamp_min(1e-12)
+    terms = {"cosine": 1.0 - cosine,
+             "mse": F.mse_loss(student_tokens, teacher_tokens) / scale}
+    if centre and student_tokens.shape[0] >= 2:
+        mu = teacher_tokens.detach().mean(dim=0, keepdim=True)
+        terms["centred"] = 1.0 - F.cosine_similarity(student_tokens - mu, teacher_tokens - mu,
+                                                     dim=-1, eps=1e-8).mean()
+    return terms
+
+
 def distillation_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
                       student_logits: Optional[torch.Tensor] = None,
                       teacher_logits: Optional[torch.Tensor] = None,
                       temperature: float = 4.0, kl_weight: float = 1.0,
                       teacher_mean: Optional[torch.Tensor] = None,
-                      centred_weight: float = 1.0
+                      centred_weight: float = 1.0,
+                      student_tokens: Optional[torch.Tensor] = None,
+                      teacher_tokens: Optional[torch.Tensor] = None,
+                      token_weight: float = 0.0, token_centre: bool = True
                       ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """Total loss and its parts (``cosine``, ``mse``, ``centred``, ``kl``) for one batch.
+    """Total loss and its parts (``cosine``, ``mse``, ``centred``, ``kl``, ``token_*``).
 
     ``centred`` (weight ``centred_weight``) is only there when ``teacher_mean``
-    is given.
+    is given. With ``token_weight > 0`` and both token sets given,
+    ``token_weight * (token cosine + token mse + centred_weight * token centred)``
+    (see :func:`token_loss`) is added; ``token_weight = 0`` is the pooled-only loss.
     """
     cosine_term, mse_term = feature_loss(student_features, teacher_features)
     total = cosine_term + mse_term
@@ -90,8 +138,90 @@ def distillation_loss(student_features: torch.Tensor, teacher_features: torch.Te
         kl_term = kd_logit_loss(student_logits, teacher_logits, temperature)
         total = total + kl_weight * kl_term
         parts["kl"] = float(kl_term.detach())
+    if token_weight < 0:
+        raise ConfigError(f"token_weight must be >= 0, got {token_weight}")
+    if token_weight > 0:
+        if student_tokens is None or teacher_tokens is None:
+            raise ConfigError("token_weight > 0 needs the student's and the teacher's tokens")
+        terms = token_loss(student_tokens, teacher_tokens, centre=token_centre and
+                           centred_weight > 0)
+        token_total = terms["cosine"] + terms["mse"]
+        if "centred" in terms:
+            token_total = token_total + centred_weight * terms["centred"]
+        total = total + token_weight * token_total
+        parts.update({f"token_{k}": float(v.detach()) for k, v in terms.items()})
     parts["loss"] = float(total.detach())
     return total, parts
+
+
+#: Encoder classes whose pooled output is ``proj(mean of the forward_features
+#: grid)`` (their ``_pool_and_tokens`` is ``pool_grid(forward_features(x))``)
+#: and whose ImageNet logits, where they have them, are a head on that native
+#: mean. Only exact types: a subclass may pool differently.
+GRID_ENCODERS: Tuple[type, ...] = (TorchvisionFeaturesEncoder, ResNetEncoder, RealtimeEncoder)
+
+
+def is_grid_encoder(model: nn.Module) -> bool:
+    """True when :func:`grid_outputs` reproduces ``model``'s pooled output and logits."""
+    return type(model) in GRID_ENCODERS
+
+
+def classifier_head(model: nn.Module) -> Optional[nn.Module]:
+    """The ImageNet classifier on the native pooled vector of a grid encoder, or None."""
+    if type(model) is TorchvisionFeaturesEncoder:
+        return model.backbone.classifier
+    if type(model) is ResNetEncoder:
+        return model.backbone.fc
+    return None
+
+
+@dataclass
+class GridOutputs:
+    """One backbone pass of a grid encoder.
+
+    ``pooled``: ``[B, output_dim]`` (as ``model(x)``); ``grid``: native
+    ``[B, C, h, w]`` (as ``forward_features``); ``logits``: ``[B, 1000]`` (as
+    ``model.logits(x)``) when asked for and the model has a classifier.
+    """
+
+    pooled: torch.Tensor
+    grid: torch.Tensor
+    logits: Optional[torch.Tensor]
+
+
+def grid_outputs(model: nn.Module, x: torch.Tensor, with_logits: bool = False) -> GridOutputs:
+    """Pooled features, native grid and logits of a grid encoder from ONE backbone pass.
+
+    ``model(x)`` and ``model.logits(x)`` each run the backbone; training with
+    the KL term would run both networks twice per batch.
+    """
+    if not is_grid_encoder(model):
+        raise ConfigError(f"{type(model).__name__} is not a grid CNN encoder "
+                          f"({', '.join(t.__name__ for t in GRID_ENCODERS)}): token "
+                          f"distillation needs a [B, C, h, w] feature grid")
+    model.check_input(x)
+    grid = model.forward_features(x)
+    native = grid.mean(dim=(2, 3))
+    head = classifier_head(model) if with_logits else None
+    return GridOutputs(pooled=model.proj(native), grid=grid,
+                       logits=head(native) if head is not None else None)
+
+
+def projected_tokens(model: nn.Module, grid: torch.Tensor,
+                     size_hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """``[B, h*w, output_dim]`` row-major tokens of a native ``[B, C, h, w]`` grid.
+
+    ``size_hw``: resize the grid to this (the teacher's) size first, bilinear
+    (antialiased when shrinking). Resizing before ``proj`` is cheaper when the
+    student is the narrower model and equal after it: both maps are affine.
+    """
+    if grid.dim() != 4:
+        raise ConfigError(f"projected_tokens needs a [B, C, h, w] grid, got {tuple(grid.shape)}")
+    if size_hw is not None and tuple(grid.shape[-2:]) != tuple(size_hw):
+        shrink = size_hw[0] < grid.shape[-2] or size_hw[1] < grid.shape[-1]
+        grid = F.interpolate(grid, size=tuple(size_hw), mode="bilinear", align_corners=False,
+                             antialias=shrink)
+    return model.proj(grid.flatten(2).transpose(1, 2))
 
 
 def both_have_logits(student: nn.Module, teacher: nn.Module) -> bool:
@@ -131,27 +261,65 @@ def augment(images_uint8: torch.Tensor, size_hw: Tuple[int, int], mean: torch.Te
     return (torch.cat(out) - mean) / std
 
 
-def train_step(student: nn.Module, teacher: nn.Module, batch: torch.Tensor,
-               optimizer: torch.optim.Optimizer, temperature: float = 4.0,
-               use_logits: Optional[bool] = None,
-               teacher_mean: Optional[torch.Tensor] = None,
-               centred_weight: float = 1.0, kl_weight: float = 1.0) -> Dict[str, float]:
-    """One optimisation step of ``student`` towards ``teacher`` on a normalised batch.
+def batch_loss(student: nn.Module, teacher: nn.Module, batch: torch.Tensor,
+               temperature: float = 4.0, use_logits: Optional[bool] = None,
+               teacher_mean: Optional[torch.Tensor] = None, centred_weight: float = 1.0,
+               kl_weight: float = 1.0, token_weight: float = 0.0, token_centre: bool = True
+               ) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The distillation loss of ``student`` on a normalised batch (teacher under no_grad).
 
-    ``teacher_mean`` (the teacher's mean pooled feature, ``[D]``) adds the
-    centred-cosine term; see :func:`distillation_loss`.
+    Grid CNNs on both sides run once each (:func:`grid_outputs`); other
+    encoders through ``forward`` and ``logits``. ``token_weight > 0`` needs
+    grid CNNs; the student's grid is resized to the teacher's when they differ.
     """
     if use_logits is None:
         use_logits = both_have_logits(student, teacher)
     use_logits = use_logits and kl_weight > 0
-    with torch.no_grad():
-        teacher_features = teacher(batch)
-        teacher_logits = teacher.logits(batch) if use_logits else None
-    student_features = student(batch)
-    student_logits = student.logits(batch) if use_logits else None
-    loss, parts = distillation_loss(student_features, teacher_features, student_logits,
-                                    teacher_logits, temperature, kl_weight=kl_weight,
-                                    teacher_mean=teacher_mean, centred_weight=centred_weight)
+    fused = is_grid_encoder(student) and is_grid_encoder(teacher)
+    if token_weight > 0 and not fused:
+        raise ConfigError(f"token distillation (token_weight {token_weight}) needs grid CNN "
+                          f"encoders on both sides ({', '.join(t.__name__ for t in GRID_ENCODERS)}"
+                          f"), got teacher {type(teacher).__name__}, student "
+                          f"{type(student).__name__}; use token_weight 0")
+    student_tokens = teacher_tokens = None
+    if fused:
+        with torch.no_grad():
+            taught = grid_outputs(teacher, batch, use_logits)
+        learnt = grid_outputs(student, batch, use_logits)
+        teacher_features, teacher_logits = taught.pooled, taught.logits
+        student_features, student_logits = learnt.pooled, learnt.logits
+        if token_weight > 0:
+            size_hw = (int(taught.grid.shape[-2]), int(taught.grid.shape[-1]))
+            with torch.no_grad():
+                teacher_tokens = projected_tokens(teacher, taught.grid)
+            student_tokens = projected_tokens(student, learnt.grid, size_hw)
+    else:
+        with torch.no_grad():
+            teacher_features = teacher(batch)
+            teacher_logits = teacher.logits(batch) if use_logits else None
+        student_features = student(batch)
+        student_logits = student.logits(batch) if use_logits else None
+    return distillation_loss(student_features, teacher_features, student_logits,
+                             teacher_logits, temperature, kl_weight=kl_weight,
+                             teacher_mean=teacher_mean, centred_weight=centred_weight,
+                             student_tokens=student_tokens, teacher_tokens=teacher_tokens,
+                             token_weight=token_weight, token_centre=token_centre)
+
+
+def train_step(student: nn.Module, teacher: nn.Module, batch: torch.Tensor,
+               optimizer: torch.optim.Optimizer, temperature: float = 4.0,
+               use_logits: Optional[bool] = None,
+               teacher_mean: Optional[torch.Tensor] = None,
+               centred_weight: float = 1.0, kl_weight: float = 1.0,
+               token_weight: float = 0.0, token_centre: bool = True) -> Dict[str, float]:
+    """One optimisation step of ``student`` towards ``teacher`` on a normalised batch.
+
+    ``teacher_mean`` (the teacher's mean pooled feature, ``[D]``) adds the
+    centred-cosine term; ``token_weight`` the token terms; see
+    :func:`distillation_loss` and :func:`batch_loss`.
+    """
+    loss, parts = batch_loss(student, teacher, batch, temperature, use_logits, teacher_mean,
+                             centred_weight, kl_weight, token_weight, token_centre)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -113,18 +113,32 @@ def quantize_onnx_static(model: bytes, input_name: str, inputs: Sequence[np.ndar
         raise ConfigError("static ONNX Runtime INT8 needs at least one calibration input")
     if reduce_range is None:
         reduce_range = not cpu_has_vnni()
-    method = getattr(quantization.CalibrationMethod, CALIBRATE_METHODS[calibrate_method])
     with tempfile.TemporaryDirectory(prefix="rv_ort_int8_") as tmp:
         source = _prepared(model, Path(tmp), preprocess)
         target = Path(tmp) / "int8.onnx"
-        try:
+
+        def quantize(name: str) -> None:
             quantization.quantize_static(
                 str(source), str(target), make_reader(input_name, inputs),
                 quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel,
                 reduce_range=reduce_range, activation_type=quantization.QuantType.QUInt8,
-                weight_type=quantization.QuantType.QInt8, calibrate_method=method,
+                weight_type=quantization.QuantType.QInt8,
+                calibrate_method=getattr(quantization.CalibrationMethod,
+                                         CALIBRATE_METHODS[name]),
                 op_types_to_quantize=list(op_types) if op_types else None,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+
+        try:
+            try:
+                quantize(calibrate_method)
+            except ValueError as exc:
+                # The histogram methods cannot bin a tensor whose calibration values are
+                # (nearly) constant; min/max ranges still work for it.
+                if calibrate_method == "minmax" or "bins" not in str(exc):
+                    raise
+                LOG.warning("ONNX Runtime %s calibration failed (%s); using minmax",
+                            calibrate_method, exc)
+                quantize("minmax")
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ModelError(f"ONNX Runtime static INT8 failed: {type(exc).__name__}: "
                              f"{exc}") from exc

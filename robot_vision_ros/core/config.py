@@ -92,6 +92,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "CPU intra-op threads of the heads thread (torch and the ONNX detector); "
               "0 = the libraries' default. Few threads leave the cores to the encoder.",
               min=0, max=256),
+    ParamSpec("heads.nice", 10,
+              "Niceness of the heads thread on Linux (0 = the encoder's priority): the heads "
+              "get the CPU time the encoder leaves, so features keep target_fps.",
+              min=0, max=19),
     ParamSpec("publish_tokens", True,
               "Publish the stamped token table on features/tokens.", dynamic=True),
     ParamSpec("compression.mode", "none",
@@ -245,7 +249,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "How long a colour frame waits for its depth image before it is processed "
               "without depth (counted as a sync failure).", min=0.0, max=1.0, dynamic=True),
     ParamSpec("sync.use_depth", True,
-              "Subscribe to the aligned depth image."),
+              "Subscribe to the aligned depth image (only when a stage uses it: the depth "
+              "head, 3-D detections or an RGB-D encoder)."),
     ParamSpec("qos.image_reliability", "best_effort",
               "Reliability of the image subscriptions (sensor data: best_effort).",
               choices=("best_effort", "reliable")),
@@ -289,6 +294,7 @@ class VisionConfig:
     adaptive_heads: bool
     heads_thread: bool
     heads_threads: int
+    heads_nice: int
     publish_tokens: bool
     compression_mode: str
     compression_prune_method: str

@@ -4,12 +4,14 @@ The inference thread publishes features and hands each processed frame over
 with :meth:`HeadsWorker.offer`; a frame that was handed over but not yet
 taken is replaced by the newer one (counted ``heads_superseded``), so the
 heads never queue work and what they publish is as fresh as they can make it.
-On a CPU the thread uses its own (small) number of intra-op threads so the
-encoder keeps the cores it needs for the target rate.
+On a CPU the thread uses its own (small) number of intra-op threads and, on
+Linux, a lower priority (niceness), so the encoder keeps the cores it needs
+for the target rate and the heads use what is left.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Callable, Optional, Tuple
@@ -26,6 +28,23 @@ log = logging.getLogger(__name__)
 RunHeads = Callable[[RgbdFrame, int], HeadsResult]
 PublishHeads = Callable[[HeadsResult, RgbdFrame], None]
 Warn = Callable[[str], None]
+
+
+def lower_priority(nice: int) -> Optional[int]:
+    """Raise the calling thread's niceness to at least ``nice``; its niceness after,
+    or None where threads have no niceness of their own (not Linux)."""
+    get = getattr(os, "getpriority", None)
+    native_id = getattr(threading, "get_native_id", None)
+    if get is None or native_id is None or not os.uname().sysname == "Linux":
+        return None
+    tid = native_id()
+    try:
+        # On Linux PRIO_PROCESS with a thread id sets that one thread's niceness.
+        os.setpriority(os.PRIO_PROCESS, tid, max(nice, get(os.PRIO_PROCESS, tid)))
+        return get(os.PRIO_PROCESS, tid)
+    except OSError as exc:
+        log.warning("cannot lower the heads thread's priority: %s", exc)
+        return None
 
 
 class LatestSlot:
@@ -68,14 +87,19 @@ class HeadsWorker:
 
     ``threads``: torch intra-op threads of this thread on the CPU (0 = torch's
     default; OpenMP thread counts are per calling thread, so this does not
-    change the encoder's). InputError/ModelError drop the heads of that frame
-    (counted ``heads_<reason>``, reported through ``warn``); the thread goes on.
+    change the encoder's). ``nice``: niceness of this thread on Linux (threads
+    have their own), 0 = unchanged. InputError/ModelError drop the heads of
+    that frame (counted ``heads_<reason>``, reported through ``warn``); the
+    thread goes on.
     """
 
     def __init__(self, run: RunHeads, publish: PublishHeads, stats: FrameStats, warn: Warn,
-                 clock_ns: Callable[[], int], threads: int = 1) -> None:
+                 clock_ns: Callable[[], int], threads: int = 1, nice: int = 0) -> None:
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be in 0..19, got {nice}")
+        self._nice = int(nice)
         self._run_heads = run
         self._publish = publish
         self._stats = stats
@@ -85,6 +109,8 @@ class HeadsWorker:
         self._slot = LatestSlot()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        #: The heads thread's niceness once it runs (None where it cannot be read).
+        self.niceness: Optional[int] = None
 
     def start(self) -> None:
         self._stop.clear()
@@ -111,6 +137,8 @@ class HeadsWorker:
     def _loop(self) -> None:
         if self._threads:
             torch.set_num_threads(self._threads)
+        if self._nice:
+            self.niceness = lower_priority(self._nice)
         while not self._stop.is_set():
             item = self._slot.take(timeout_s=0.2)
             if item is None:

@@ -206,6 +206,13 @@ class PerceptionPipeline:
         return contextlib.nullcontext()
 
     @property
+    def needs_depth(self) -> bool:
+        """Some stage uses the depth image: the depth head, the detections' 3-D
+        positions or an RGB-D encoder."""
+        return (self.depth is not None or self.detection is not None
+                or bool(getattr(self.encoder.encoder, "uses_depth", False)))
+
+    @property
     def has_heads(self) -> bool:
         """Depth or detection is configured."""
         return self.depth is not None or self.detection is not None

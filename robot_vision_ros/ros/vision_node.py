@@ -118,7 +118,9 @@ class VisionNode(LifecycleNode):
         cfg = self._cfg
         self._stats = FrameStats()
         self._skipper = FrameSkipper(cfg.target_fps, cfg.skip_frames)
-        self._sync = FrameSync(cfg.sync_slop_s, cfg.sync_depth_wait_s, cfg.sync_use_depth,
+        # Depth nobody uses would cost a copy of every depth image and a wait for it.
+        use_depth = cfg.sync_use_depth and self._pipeline.needs_depth
+        self._sync = FrameSync(cfg.sync_slop_s, cfg.sync_depth_wait_s, use_depth,
                                on_event=self._on_sync_event)
         clock_ns = self._clock_ns
         self._worker = InferenceWorker(self._sync, self._decode, self._process,
@@ -127,7 +129,8 @@ class VisionNode(LifecycleNode):
         self._frame_index = 0
         if cfg.heads_thread and self._pipeline.has_heads:
             self._heads = HeadsWorker(self._pipeline.process_heads, self._publish_heads,
-                                      self._stats, self._warn, clock_ns, cfg.heads_threads)
+                                      self._stats, self._warn, clock_ns, cfg.heads_threads,
+                                      cfg.heads_nice)
         in_qos = keep_last(cfg.qos_image_reliability, cfg.qos_image_depth)
         rgb_type, rgb_topic = _input("camera/color/image_raw", cfg.input_rgb_transport, self)
         self._subs = [
@@ -135,7 +138,10 @@ class VisionNode(LifecycleNode):
             self.create_subscription(CameraInfo, "camera/color/camera_info", self._on_info,
                                      in_qos),
         ]
-        if cfg.sync_use_depth:
+        if cfg.sync_use_depth and not use_depth:
+            self.get_logger().info("no stage uses depth (depth.model none, no detector, an "
+                                   "RGB encoder): camera/depth/image_raw not subscribed")
+        if use_depth:
             depth_type, depth_topic = _input("camera/depth/image_raw",
                                              cfg.input_depth_transport, self)
             self._subs.append(self.create_subscription(depth_type, depth_topic,

@@ -2,7 +2,7 @@
 
 ``python -m robot_vision_ros.tools.compare_compression --backbones
 resnet18,mobilenet_v2 --frames vtest.avi [--weights mobilenet_v2=FILE]
-[--eval-frames PHOTOS] [--modes fp32,prune_unstructured,prune,int8]``
+[--eval-frames PHOTOS] [--modes fp32,prune_unstructured,prune,int8,ort_fp32,ort_int8]``
 
 For every backbone and mode it prints parameters, state-dict size on disk,
 latency (median wall and process-CPU milliseconds, batch 1), throughput (batch ``--batch``), fidelity to the
@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..compression.apply import compress
+from ..compression.apply import compress, split_frames
 from ..compression.calibration import load_calibration_frames
 from ..compression.fidelity import feature_fidelity
 from ..compression.prune import parameter_count
@@ -42,7 +42,11 @@ MODES: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "prune_ft": ("prune", {"method": "structured"}),
     "int8": ("int8", {"method": "auto"}),
     "int8_dynamic": ("int8", {"method": "dynamic"}),
+    "ort_fp32": ("none", {}),
+    "ort_int8": ("int8", {"method": "auto"}),
 }
+#: Modes run by ONNX Runtime (``backend: onnxruntime``) instead of torch.
+ORT_MODES = ("ort_fp32", "ort_int8")
 DEFAULT_MODES = "fp32,prune_unstructured,prune,int8"
 FIDELITY_KEYS = ("cosine", "centred_cosine", "linear_cka", "top1_agreement")
 
@@ -85,7 +89,10 @@ def parse_weights(entries: Sequence[str]) -> Dict[str, str]:
 
 
 def state_dict_bytes(model: nn.Module) -> int:
-    """Size of ``torch.save(model.state_dict())`` in bytes."""
+    """Size of ``torch.save(model.state_dict())`` in bytes (the ONNX graph's for a session)."""
+    onnx_bytes = getattr(model, "onnx_bytes", None)
+    if onnx_bytes is not None:
+        return int(onnx_bytes)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "state.pt")
         torch.save(model.state_dict(), path)
@@ -146,7 +153,14 @@ def compare_backbone(name: str, weights: str, modes: Sequence[str], frames: torc
             options["finetune_steps"] = args.finetune_steps if mode == "prune_ft" else 0
         started = time.perf_counter()
         try:
-            model, report = compress(reference, compress_mode, options, frames)
+            if mode == "ort_fp32":
+                model, report = _ort_fp32(reference, frames, args.threads)
+            else:
+                backend = "onnxruntime" if mode in ORT_MODES else "torch"
+                model, report = compress(reference, compress_mode, options, frames,
+                                         backend=backend, threads=args.threads)
+                if backend == "onnxruntime":
+                    model.onnx_bytes = report.get("onnx_bytes_after")
         except ConfigError as exc:  # e.g. structured pruning of a ViT: a row saying why
             skipped.append({"backbone": name, "mode": mode, "skipped": str(exc)})
             continue
@@ -155,7 +169,9 @@ def compare_backbone(name: str, weights: str, modes: Sequence[str], frames: torc
                     else report.get("fidelity", {}))
         models[mode] = model
         rows[mode] = {"backbone": name, "mode": mode, "method": report.get("method", ""),
-                      "parameters": parameter_count(model),
+                      "parameters": (report["parameters_after"]
+                                     if getattr(model, "runs_onnxruntime", False)
+                                     else parameter_count(model)),
                       "size_mb": state_dict_bytes(model) / 1e6,
                       "prepare_s": time.perf_counter() - started,
                       "fidelity": fidelity, "details": {k: v for k, v in report.items()
@@ -171,6 +187,29 @@ def compare_backbone(name: str, weights: str, modes: Sequence[str], frames: torc
         row["speedup"] = base["latency_ms"] / row["latency_ms"] if base else float("nan")
         row["speedup_cpu"] = base["cpu_ms"] / row["cpu_ms"] if base else float("nan")
     return list(rows.values()) + skipped
+
+
+def _ort_fp32(reference: nn.Module, frames: torch.Tensor, threads: int
+              ) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The uncompressed encoder exported and run by ONNX Runtime (the INT8 path's baseline)."""
+    import copy
+
+    from ..compression.ort_quantize import OrtEncoder
+    from ..core.backends import OnnxRuntimeEncoder, export_encoder_onnx
+
+    input_hw = (int(frames.shape[-2]), int(frames.shape[-1]))
+    graph, token_uv, token_level = export_encoder_onnx(copy.deepcopy(reference).float(),
+                                                       input_hw)
+    runner = OnnxRuntimeEncoder.from_onnx(graph, token_uv, token_level, torch.device("cpu"),
+                                          threads)
+    model = OrtEncoder(reference, runner, "fp32_ort").eval()
+    model.onnx_bytes = len(graph)
+    report: Dict[str, Any] = {"method": "onnxruntime fp32", "engine": "onnxruntime",
+                              "parameters_after": parameter_count(reference)}
+    _, held_out = split_frames(frames)
+    if held_out is not None and len(held_out) >= 2:
+        report["fidelity"] = feature_fidelity(reference, model, held_out)
+    return model, report
 
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:

@@ -3,16 +3,19 @@
 ``python -m robot_vision_ros.tools.distill --teacher resnet50 --student
 mobilenet_v3_small --data FRAMES [--teacher-weights W] [--student-weights W]
 [--epochs N] [--batch 16] [--size 224] [--lr 1e-3] [--schedule cosine]
-[--centred-weight 1] [--kl-weight 1] [--temperature 4] [--no-bn-recalibration]
+[--centred-weight 1] [--kl-weight 1] [--temperature 4] [--token-weight W]
+[--token-centre batch|none] [--no-bn-recalibration]
 [--out student.pt] [--resume] [--holdout 0.2] [--holdout-split spread|tail]
 [--eval-data skimage|PATH ...] [--json PATH]``
 
 ``--data`` is a folder of images, a video or an ``.npz`` of uint8 frames. The
-student learns the teacher's pooled features (see
+student learns the teacher's pooled features and, with ``--token-weight`` > 0
+(grid CNNs), every cell of its last feature grid (see
 :mod:`robot_vision_ros.compression.distill`); when the widths differ it is
 built with ``output_dim`` = the teacher's width, its projection being the
-learned adapter. ``--out`` is written after every epoch: the student's state
-dict under ``state_dict`` (so ``weights: student.pt`` with ``backbone:
+learned adapter for the pooled vector and the tokens alike (no other adapter
+exists, so nothing is discarded). ``--out`` is written after every epoch: the
+student's state dict under ``state_dict`` (so ``weights: student.pt`` with ``backbone:
 STUDENT`` and ``output_dim:`` as printed loads it), plus the optimizer state,
 the epoch and the held-out fidelity history; ``--resume`` continues it.
 
@@ -48,9 +51,9 @@ import torch
 import torch.nn.functional as F
 
 from ..compression.calibration import even_indices, normalise_frames, read_frames
-from ..compression.distill import (PHOTO_VIEWS, augment, both_have_logits, holdout_fidelity,
-                                   photo_views, recalibrate_batchnorm, teacher_mean_feature,
-                                   train_step)
+from ..compression.distill import (GRID_ENCODERS, PHOTO_VIEWS, augment, both_have_logits,
+                                   holdout_fidelity, is_grid_encoder, photo_views,
+                                   recalibrate_batchnorm, teacher_mean_feature, train_step)
 from ..compression.fidelity import eval_mode, run_batched
 from ..core.errors import ConfigError, VisionError
 from ..models.encoders.base import VisionEncoder
@@ -72,6 +75,11 @@ SKIMAGE_KEYWORD = "skimage"
 SKIMAGE_PHOTOS: Tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket",
                                    "hubble_deep_field", "immunohistochemistry", "retina",
                                    "stereo_motorcycle", "cat")
+#: ``--token-centre`` values: centre tokens per grid position over the batch, or not.
+TOKEN_CENTRES: Tuple[str, ...] = ("batch", "none")
+#: Default ``--token-weight`` (chosen by measurement, see the README's
+#: "Distillation, measured").
+DEFAULT_TOKEN_WEIGHT = 1.0
 #: Training frames (unaugmented) the teacher's mean feature (for the centred
 #: loss) and the student's BatchNorm statistics after each epoch come from.
 MEAN_FRAMES = 256
@@ -110,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-weight", type=float, default=1.0,
                    help="weight of the KL term on logits when both models have classifiers "
                         "(0 = off, e.g. for a teacher whose classifier is untrained)")
+    p.add_argument("--token-weight", type=float, default=DEFAULT_TOKEN_WEIGHT,
+                   help="weight of the per-token (spatial) terms on the last feature grid "
+                        "(grid CNNs; 0 = pooled features only, the old behaviour)")
+    p.add_argument("--token-centre", default="batch",
+                   help="batch (also match tokens after removing the teacher's mean token "
+                        "of each grid position over the batch, weighted by --centred-weight) "
+                        "or none")
     p.add_argument("--no-bn-recalibration", action="store_true",
                    help="keep the student's BatchNorm running statistics from training "
                         "instead of re-estimating them on unaugmented frames each epoch")
@@ -144,6 +159,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.centred_weight < 0 or args.kl_weight < 0:
         raise ConfigError(f"--centred-weight and --kl-weight must be >= 0, got "
                           f"{args.centred_weight}, {args.kl_weight}")
+    if args.token_weight < 0:
+        raise ConfigError(f"--token-weight must be >= 0, got {args.token_weight}")
+    if args.token_centre not in TOKEN_CENTRES:
+        raise ConfigError(f"--token-centre must be one of {', '.join(TOKEN_CENTRES)}, "
+                          f"got '{args.token_centre}'")
     for source in args.eval_data:
         if source != SKIMAGE_KEYWORD and not Path(source).expanduser().exists():
             raise ConfigError(f"--eval-data {source} is neither '{SKIMAGE_KEYWORD}' nor an "
@@ -158,6 +178,13 @@ def build_models(args: argparse.Namespace) -> Tuple[VisionEncoder, VisionEncoder
     probe = create_model(args.student, output_dim=0)
     output_dim = 0 if probe.native_dim == teacher.output_dim else teacher.output_dim
     student = create_model(args.student, output_dim=output_dim, weights=args.student_weights)
+    if args.token_weight > 0:
+        for role, model in (("teacher", teacher), ("student", student)):
+            if not is_grid_encoder(model):
+                raise ConfigError(
+                    f"--token-weight {args.token_weight}: the {role} '{model.name}' has no "
+                    f"plain feature grid (token distillation supports "
+                    f"{', '.join(t.__name__ for t in GRID_ENCODERS)}); use --token-weight 0")
     return teacher, student
 
 
@@ -378,7 +405,8 @@ def _train_epoch(args: argparse.Namespace, epoch: int, student: VisionEncoder,
         batch = augment(train_frames[index], (args.size, args.size), mean, std, rng)
         parts = train_step(student, teacher, batch, optimizer, args.temperature, use_logits,
                            teacher_mean=teacher_mean, centred_weight=args.centred_weight,
-                           kl_weight=args.kl_weight)
+                           kl_weight=args.kl_weight, token_weight=args.token_weight,
+                           token_centre=args.token_centre == "batch")
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         if bar is not None:
@@ -416,9 +444,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     plain_frames = _plain_frames(train_frames, args.size, mean, std)
     teacher_mean = (teacher_mean_feature(teacher, plain_frames)
                     if args.centred_weight > 0 else None)
+    centred_tokens = (args.token_weight > 0 and args.token_centre == "batch"
+                      and args.centred_weight > 0)
     print(f"distilling {args.teacher} -> {args.student} (output_dim {meta['output_dim']}, "
-          f"KL on logits: {use_logits}) on {len(train_frames)} frames, "
-          f"{len(held_frames)} held out ({args.holdout_split}); epochs "
+          f"KL on logits: {use_logits}, token weight {args.token_weight:g}"
+          f"{', centred per grid position' if centred_tokens else ''}) on "
+          f"{len(train_frames)} frames, {len(held_frames)} held out ({args.holdout_split}); epochs "
           f"{start_epoch + 1}..{args.epochs}", flush=True)
     for name, (_, note) in eval_sets.items():
         print(f"eval set '{name}' (never trained on): {note}", flush=True)
@@ -468,6 +499,7 @@ def _summary(args: argparse.Namespace, meta: Dict[str, Any], history: List[Dict[
         "output_dim": meta["output_dim"], "size": args.size, "epochs": args.epochs,
         "batch": args.batch, "lr": args.lr, "schedule": args.schedule,
         "centred_weight": args.centred_weight, "kl_weight": args.kl_weight,
+        "token_weight": args.token_weight, "token_centre": args.token_centre,
         "temperature": args.temperature, "data": args.data,
         "bn_recalibration": not args.no_bn_recalibration,
         "train_frames": n_train, "holdout_frames": n_held, "holdout_split": args.holdout_split,
@@ -483,7 +515,11 @@ def _epoch_line(record: Dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {int(record['epoch'])}/{epochs}", f"loss {record.get('loss', 0.0):.4f}",
              f"(1-cos {record.get('cosine', 0.0):.4f}, mse {record.get('mse', 0.0):.4f}"
              + (f", 1-ccos {record['centred']:.4f}" if "centred" in record else "")
-             + (f", kl {record['kl']:.4f})" if "kl" in record else ")")]
+             + (f", kl {record['kl']:.4f}" if "kl" in record else "")
+             + (f"; token 1-cos {record['token_cosine']:.4f}, mse {record['token_mse']:.4f}"
+                if "token_cosine" in record else "")
+             + (f", 1-ccos {record['token_centred']:.4f}" if "token_centred" in record else "")
+             + ")"]
     if "linear_cka" in record:
         parts.append(f"held-out centred_cosine {record.get('centred_cosine', float('nan')):.4f} "
                      f"linear_cka {record['linear_cka']:.4f} "
