@@ -22,6 +22,18 @@ from .errors import ConfigError
 HEADS = ("depth", "detection")
 
 
+def checked_every_n(every_n: Dict[str, int]) -> Dict[str, int]:
+    """``{head: n}`` with known heads and ``n >= 1``; ConfigError otherwise."""
+    out = {}
+    for head, n in every_n.items():
+        if head not in HEADS:
+            raise ConfigError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
+        if int(n) < 1:
+            raise ConfigError(f"{head}.every_n must be >= 1, got {n}")
+        out[head] = int(n)
+    return out
+
+
 class HeadScheduler:
     """Per-frame decisions for the heads; call ``start_frame``, ``should_run``/``ran``,
     ``end_frame`` in that order for each processed frame."""
@@ -43,12 +55,7 @@ class HeadScheduler:
     def configure(self, every_n: Dict[str, int], target_fps: float,
                   adaptive: Optional[bool] = None) -> None:
         """Change rates live; cadence and cost estimates are kept."""
-        for head, n in every_n.items():
-            if head not in HEADS:
-                raise ConfigError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
-            if int(n) < 1:
-                raise ConfigError(f"{head}.every_n must be >= 1, got {n}")
-            self._every_n[head] = int(n)
+        self._every_n.update(checked_every_n(every_n))
         if not target_fps > 0:
             raise ConfigError(f"target_fps must be > 0, got {target_fps}")
         self.period_s = 1.0 / target_fps
@@ -135,12 +142,7 @@ class HeadCadence:
 
     def configure(self, every_n: Dict[str, int]) -> None:
         """Change rates live; cadence and cost estimates are kept."""
-        for head, n in every_n.items():
-            if head not in HEADS:
-                raise ConfigError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
-            if int(n) < 1:
-                raise ConfigError(f"{head}.every_n must be >= 1, got {n}")
-            self._every_n[head] = int(n)
+        self._every_n.update(checked_every_n(every_n))
 
     def reset(self) -> None:
         """Start over: every head is due on the next frame."""

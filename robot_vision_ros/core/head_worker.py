@@ -22,6 +22,7 @@ from .errors import InputError, ModelError
 from .frames import RgbdFrame
 from .perception import HeadsResult
 from .stats import FrameStats
+from .worker_thread import WorkerThread
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class LatestSlot:
             self._cond.notify_all()
 
 
-class HeadsWorker:
+class HeadsWorker(WorkerThread):
     """Thread: newest offered frame -> ``run`` -> ``publish``, counting everything.
 
     ``threads``: torch intra-op threads of this thread on the CPU (0 = torch's
@@ -107,27 +108,15 @@ class HeadsWorker:
         self._clock_ns = clock_ns
         self._threads = int(threads)
         self._slot = LatestSlot()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         #: The heads thread's niceness once it runs (None where it cannot be read).
         self.niceness: Optional[int] = None
+        super().__init__("vision-heads")
 
-    def start(self) -> None:
-        self._stop.clear()
+    def _on_start(self) -> None:
         self._slot.open()
-        self._thread = threading.Thread(target=self._loop, name="vision-heads", daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
+    def _wake(self) -> None:
         self._slot.close()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def offer(self, frame: RgbdFrame, index: int) -> None:
         """Hand over processed frame ``index`` (never blocks)."""

@@ -6,7 +6,6 @@ executor keeps receiving (and superseding) frames meanwhile.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -14,6 +13,7 @@ from .errors import InputError, ModelError
 from .frames import RgbdFrame
 from .scheduler import FrameSync, PendingFrame
 from .stats import FrameStats
+from .worker_thread import WorkerThread
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ Publish = Callable[[Any, RgbdFrame], None]
 Warn = Callable[[str], None]
 
 
-class InferenceWorker:
+class InferenceWorker(WorkerThread):
     """Thread: ``sync.take()`` -> ``decode`` -> ``process`` -> ``publish``, counting everything.
 
     Bad input (InputError) and model failures (ModelError, e.g. CUDA out of
@@ -40,26 +40,12 @@ class InferenceWorker:
         self._stats = stats
         self._warn = warn
         self._clock_ns = clock_ns
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        super().__init__("vision-inference")
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="vision-inference", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
+    def _wake(self) -> None:
         self._sync.close()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
+    def _loop(self) -> None:
         while not self._stop.is_set():
             pending = self._sync.take(timeout_s=0.2)
             if pending is None:

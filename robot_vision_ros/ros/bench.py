@@ -275,7 +275,7 @@ def run_config(params: Dict[str, Any], args: argparse.Namespace,
         node.wait_ready()
         result["rates"] = {}
         for rate in args.rates:
-            runs = [node.measure(rate, args.seconds).summary(rate) for _ in range(args.runs)]
+            runs = [node.measure(rate, args.seconds, args.warmup_seconds).summary(rate) for _ in range(args.runs)]
             result["rates"][f"{rate:g}"] = dict(_median_dicts(runs), runs=runs)
         if args.peak:
             result["peak"] = _peak(node, args, result["ceiling"]["ceiling_fps"])
@@ -296,7 +296,7 @@ def _peak(node: NodeUnderTest, args: argparse.Namespace, ceiling_fps: float) -> 
     probes = []
     for _ in range(args.peak_steps):
         mid = (lo + hi) / 2
-        runs = [node.measure(mid, args.seconds).summary(mid) for _ in range(args.runs)]
+        runs = [node.measure(mid, args.seconds, args.warmup_seconds).summary(mid) for _ in range(args.runs)]
         drop = statistics.median(r["drop_fraction"] for r in runs)
         probes.append({"input_hz": mid, "drop_fraction": drop})
         lo, hi = (mid, hi) if drop < MAX_DROP else (lo, mid)
@@ -341,6 +341,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--seconds", type=float, default=6.0, help="measurement window")
     parser.add_argument("--ceiling-seconds", type=float, default=4.0)
+    parser.add_argument("--warmup-seconds", type=float, default=4.0,
+                        help="camera running before each window is measured (a new camera "
+                             "process needs DDS discovery and its frame cache)")
     parser.add_argument("--target-fps", type=float, default=1000.0,
                         help="node target_fps (default: no rate limit, measures capacity)")
     parser.add_argument("--peak", action="store_true", help="search the peak rate")

@@ -251,3 +251,22 @@ def pointcloud2_to_feature_table(msg: PointCloud2
     uv = np.stack([table["u"], table["v"]], axis=1).astype(np.float32)
     level = table["level"].astype(np.uint32)
     return features, uv, level
+
+
+def pointcloud2_to_rows(msg: PointCloud2, dtype: np.dtype, what: str) -> np.ndarray:
+    """A PointCloud2 table -> 1-D array of ``dtype`` (a copy), fields taken by name.
+
+    Extra fields or another order are accepted; a missing field raises
+    InputError (``missing_field``) saying the message is not ``what``.
+    """
+    table = unpack_pointcloud2(msg)
+    names = table.dtype.names or ()
+    missing = [name for name in dtype.names if name not in names]
+    if missing:
+        raise InputError(f"PointCloud2 is not {what}: missing field(s) "
+                         f"{', '.join(missing)} (has {', '.join(names) or 'none'})",
+                         reason="missing_field")
+    rows = np.empty(table.shape[0], dtype=dtype)
+    for name in dtype.names:
+        rows[name] = table[name]
+    return rows

@@ -15,7 +15,7 @@ from std_msgs.msg import Header
 from ..core.errors import InputError
 from ..core.frames import CameraIntrinsics
 from ..core.ground_truth import GroundTruth, object_points_m
-from .conversions import depth_m_to_image_msg, pack_pointcloud2, unpack_pointcloud2
+from .conversions import depth_m_to_image_msg, pack_pointcloud2, pointcloud2_to_rows
 
 #: One row of ``camera/ground_truth/objects`` (offsets 0, 4, ..., 36; point_step 40).
 GROUND_TRUTH_ROW_DTYPE = np.dtype([
@@ -58,14 +58,4 @@ def pointcloud2_to_ground_truth_rows(msg: PointCloud2) -> np.ndarray:
 
     Fields are taken by name; a missing one raises InputError (``missing_field``).
     """
-    table = unpack_pointcloud2(msg)
-    names = table.dtype.names or ()
-    missing = [name for name in GROUND_TRUTH_ROW_DTYPE.names if name not in names]
-    if missing:
-        raise InputError(f"PointCloud2 is not a ground-truth table: missing field(s) "
-                         f"{', '.join(missing)} (has {', '.join(names) or 'none'})",
-                         reason="missing_field")
-    rows = np.empty(table.shape[0], dtype=GROUND_TRUTH_ROW_DTYPE)
-    for name in GROUND_TRUTH_ROW_DTYPE.names:
-        rows[name] = table[name]
-    return rows
+    return pointcloud2_to_rows(msg, GROUND_TRUTH_ROW_DTYPE, "a ground-truth table")

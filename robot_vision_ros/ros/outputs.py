@@ -22,7 +22,7 @@ from ..core.detections import ObjectTable
 from ..core.errors import ConfigError, InputError
 from ..core.frames import CameraIntrinsics
 from ..core.render import track_color
-from .conversions import pack_pointcloud2, unpack_pointcloud2
+from .conversions import pack_pointcloud2, pointcloud2_to_rows
 
 #: One row of the ``/vision/detections`` object table, in contract order
 #: (offsets 0, 4, ..., 36; point_step 40).
@@ -78,17 +78,7 @@ def pointcloud2_to_object_rows(msg: PointCloud2) -> np.ndarray:
 
     Fields are taken by name, so extra fields or another field order are accepted.
     """
-    table = unpack_pointcloud2(msg)
-    names = table.dtype.names or ()
-    missing = [name for name in OBJECT_ROW_DTYPE.names if name not in names]
-    if missing:
-        raise InputError(f"PointCloud2 is not an object table: missing field(s) "
-                         f"{', '.join(missing)} (has {', '.join(names) or 'none'})",
-                         reason="missing_field")
-    rows = np.empty(table.shape[0], dtype=OBJECT_ROW_DTYPE)
-    for name in OBJECT_ROW_DTYPE.names:
-        rows[name] = table[name]
-    return rows
+    return pointcloud2_to_rows(msg, OBJECT_ROW_DTYPE, "an object table")
 
 
 # ---------------------------------------------------------------- markers
