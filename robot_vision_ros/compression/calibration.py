@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.bag_colour import decode_bag_image, read_colour_messages, split_bag_topic
 from ..core.errors import ConfigError
 from ..models.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 
@@ -30,7 +31,6 @@ BAG_SUFFIXES: Tuple[str, ...] = (".db3", ".mcap")
 LIVE = "live"
 KEYWORDS: Tuple[str, ...] = (LIVE,)
 #: Colour image message types a bag topic may carry.
-BAG_IMAGE_TYPES: Tuple[str, ...] = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
 def _check_size(size_hw: Sequence[int]) -> Tuple[int, int]:
@@ -122,98 +122,28 @@ def is_bag(path: Path) -> bool:
             or path.suffix.lower() in BAG_SUFFIXES)
 
 
-def split_bag_topic(source: str) -> Tuple[str, str]:
-    """``'BAG#/camera/image'`` -> ``('BAG', '/camera/image')``; no ``#``: topic ``''``."""
-    path, _, topic = source.partition("#")
-    return path, topic
-
-
-def _bag_reader_args(path: Path) -> List[Path]:
-    """What ``AnyReader`` opens: the bag directory (for one file, the one beside it)."""
-    if path.is_dir():
-        return [path]
-    if (path.parent / "metadata.yaml").is_file():
-        return [path.parent]
-    if path.suffix.lower() == ".mcap":
-        return [path]  # rosbags reads a lone MCAP file without metadata.yaml
-    raise ConfigError(f"calibration bag file {path} has no metadata.yaml beside it; pass the "
-                      f"bag directory (the one holding metadata.yaml)")
-
-
-def _colour_topic(bag: Path, topics: dict, wanted: str) -> str:
-    images = sorted(name for name, info in topics.items() if info.msgtype in BAG_IMAGE_TYPES)
-    if wanted:
-        if wanted not in topics:
-            raise ConfigError(f"calibration bag {bag} has no topic {wanted!r}; it has: "
-                              f"{', '.join(sorted(topics)) or 'none'}")
-        if topics[wanted].msgtype not in BAG_IMAGE_TYPES:
-            raise ConfigError(f"calibration bag {bag}: topic {wanted!r} is "
-                              f"{topics[wanted].msgtype}, not an image")
-        return wanted
-    colour = [t for t in images if "depth" not in t.lower()]
-    if len(colour) == 1:
-        return colour[0]
-    if not colour:
-        raise ConfigError(f"calibration bag {bag} has no colour image topic "
-                          f"({' or '.join(BAG_IMAGE_TYPES)}); it has: "
-                          f"{', '.join(sorted(topics)) or 'none'}")
-    raise ConfigError(f"calibration bag {bag} has several image topics ({', '.join(colour)}): "
-                      f"name one as {bag}#TOPIC")
-
-
-def _decode_bag_image(msg: object, msgtype: str) -> np.ndarray:
-    from ..core.compressed_codec import decode_compressed_color
-    from ..core.image_codec import decode_color
-
-    if msgtype.endswith("CompressedImage"):
-        return decode_compressed_color(msg.format, msg.data)  # type: ignore[attr-defined]
-    return np.array(decode_color(msg.encoding, int(msg.height), int(msg.width),  # type: ignore
-                                 int(msg.step), int(msg.is_bigendian), bytes(msg.data)))
-
-
 def read_bag_frames(source: str, count: int) -> List[np.ndarray]:
     """Up to ``count`` RGB frames spread evenly over a ROS 2 bag's colour topic.
 
     ``source``: the bag directory (or one of its ``.db3``/``.mcap`` files),
     optionally ``#TOPIC``; without a topic the bag's only colour
     (``sensor_msgs/Image`` or ``CompressedImage``, not depth) topic is used.
-    Read with ``rosbags`` as the RGB-D recordings are; only the chosen
-    messages are decoded.
+    Only the chosen messages are decoded.
     """
     from ..core.errors import InputError
-    from ..core.rgbd_dataset import ROSBAGS_PIN
 
-    location, wanted = split_bag_topic(source)
-    path = Path(location).expanduser()
+    path = Path(split_bag_topic(source)[0]).expanduser()
     if not path.exists():
         raise ConfigError(f"calibration bag {path} does not exist")
-    try:
-        from rosbags.highlevel import AnyReader, AnyReaderError
-        from rosbags.typesys import Stores, get_typestore
-    except ImportError as exc:
-        raise ConfigError(f"reading ROS 2 bags needs rosbags (`pip install {ROSBAGS_PIN}`): "
-                          f"{exc}") from exc
+    topic, messages = read_colour_messages(source)
     frames: List[np.ndarray] = []
-    try:
-        with AnyReader(_bag_reader_args(path),
-                       default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
-            topic = _colour_topic(path, reader.topics, wanted)
-            connections = [c for c in reader.connections if c.topic == topic]
-            total = sum(c.msgcount for c in connections)
-            wanted_indices = set(even_indices(total, count))
-            for index, (conn, _, raw) in enumerate(reader.messages(connections=connections)):
-                if index not in wanted_indices:
-                    continue
-                msg = reader.deserialize(raw, conn.msgtype)
-                try:
-                    frames.append(_decode_bag_image(msg, conn.msgtype))
-                except InputError as exc:
-                    raise ConfigError(f"calibration bag {path}, topic {topic}: message "
-                                      f"{index} cannot be decoded: {exc}") from exc
-    except AnyReaderError as exc:
-        raise ConfigError(f"cannot read ROS 2 bag {path}: {exc}") from exc
-    if not frames:
-        raise ConfigError(f"calibration bag {path}: topic {topic} has no messages")
+    for index in even_indices(len(messages), count):
+        _, msgtype, msg = messages[index]
+        try:
+            frames.append(decode_bag_image(msg, msgtype))
+        except InputError as exc:
+            raise ConfigError(f"calibration bag {source}, topic {topic}: message {index} "
+                              f"cannot be decoded: {exc}") from exc
     return frames
 
 

@@ -140,3 +140,47 @@ class RgbdSource:
 
     def rewind(self) -> None:
         self._index = 0
+
+
+def is_bag(spec: str) -> bool:
+    """A ROS 2 bag directory (it holds ``metadata.yaml``)."""
+    return (Path(spec.partition("#")[0]) / "metadata.yaml").is_file()
+
+
+class BagColourSource:
+    """The colour frames of a ROS 2 bag without depth, as a camera plays them.
+
+    ``spec``: the bag directory, optionally ``#TOPIC`` (``rgb_topic`` also
+    names it); without one the bag's only colour Image/CompressedImage topic.
+    Messages are held in memory and decoded as they are read; ``fps`` comes
+    from their stamps (30 when they have none).
+    """
+
+    def __init__(self, spec: str, rgb_topic: str = "") -> None:
+        from .bag_colour import decode_bag_image, read_colour_messages
+
+        self.spec = spec
+        location = spec.partition("#")[0]
+        self.topic, self._messages = read_colour_messages(
+            f"{location}#{rgb_topic}" if rgb_topic else spec)
+        self._decode = decode_bag_image
+        self._index = 0
+        first = self._decode(self._messages[0][2], self._messages[0][1])
+        self.height, self.width = first.shape[:2]
+        steps = np.diff(np.asarray([m[0] for m in self._messages], dtype=np.float64))
+        steps = steps[steps > 0]
+        self.fps = float(1e9 / np.median(steps)) if len(steps) else 30.0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def read(self) -> Optional[np.ndarray]:
+        """Next RGB frame, or None at the end (InputError for an undecodable one)."""
+        if self._index >= len(self._messages):
+            return None
+        _, msgtype, msg = self._messages[self._index]
+        self._index += 1
+        return self._decode(msg, msgtype)
+
+    def rewind(self) -> None:
+        self._index = 0

@@ -9,7 +9,7 @@ Camera info comes from a ROS calibration YAML (``camera_info_file``) or a
 pinhole guess (60 degree horizontal field of view) when none is given.
 Parameters: ``source`` (path or device index), ``rate_hz`` (0 = the file's
 rate), ``loop``, ``frame_id``, ``camera_info_file``, ``bag_rgb_topic``,
-``bag_depth_topic``.
+``bag_depth_topic`` (a bag without a depth topic plays its colour topic only).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from ..core.errors import ConfigError, InputError
-from ..core.video_source import (RgbdSource, VideoSource, is_rgbd_recording,
-                                 load_camera_info_yaml, pinhole_guess)
+from ..core.video_source import (BagColourSource, RgbdSource, VideoSource, is_bag,
+                                 is_rgbd_recording, load_camera_info_yaml, pinhole_guess)
 from .conversions import depth_m_to_image_msg, rgb_to_image_msg
 from .outputs import intrinsics_to_camera_info
 from .processes import spin_main
@@ -44,8 +44,12 @@ class VideoCamera(Node):
         if not source:
             raise ConfigError("parameter 'source' is empty: give a video file, an image folder "
                               "or a camera device index")
-        self._source = (RgbdSource(source, bag_rgb, bag_depth) if is_rgbd_recording(source)
-                        else VideoSource(source))
+        if is_bag(source) and not bag_depth:
+            self._source = BagColourSource(source, bag_rgb)  # a colour-only camera
+        elif is_rgbd_recording(source):
+            self._source = RgbdSource(source, bag_rgb, bag_depth)
+        else:
+            self._source = VideoSource(source)
         rate = rate_hz if rate_hz > 0 else self._source.fps
         if not rate > 0:
             raise ConfigError(f"rate_hz must be > 0 (the source reports {self._source.fps})")

@@ -79,7 +79,7 @@ SKIMAGE_PHOTOS: Tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket",
 TOKEN_CENTRES: Tuple[str, ...] = ("batch", "none")
 #: Default ``--token-weight`` (chosen by measurement, see the README's
 #: "Distillation, measured").
-DEFAULT_TOKEN_WEIGHT = 1.0
+DEFAULT_TOKEN_WEIGHT = 4.0
 #: Training frames (unaugmented) the teacher's mean feature (for the centred
 #: loss) and the student's BatchNorm statistics after each epoch come from.
 MEAN_FRAMES = 256
