@@ -17,6 +17,7 @@ from robot_vision_ros.core.errors import ConfigError
 from robot_vision_ros.core.video_source import BagColourSource, is_bag
 
 from conftest import asset_path
+from bag_writer import write_image_bag
 from ros_probe import Probe, running
 
 
@@ -33,25 +34,9 @@ def _vtest(count: int) -> List[np.ndarray]:
 
 def _write_colour_bag(path: Path, images: Sequence[np.ndarray],
                       topics: Sequence[str] = ("/cam/color/image_raw",)) -> None:
-    from rosbags.rosbag2 import Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    Img = store.types["sensor_msgs/msg/Image"]
-    Header = store.types["std_msgs/msg/Header"]
-    Time = store.types["builtin_interfaces/msg/Time"]
-    with Writer(path, version=8) as writer:
-        connections = [writer.add_connection(t, Img.__msgtype__, typestore=store)
-                       for t in topics]
-        for i, rgb in enumerate(images):
-            stamp = 5_000_000_000 + i * 100_000_000  # 10 Hz
-            header = Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9),
-                            frame_id="cam")
-            h, w = rgb.shape[:2]
-            msg = Img(header=header, height=h, width=w, encoding="rgb8", is_bigendian=0,
-                      step=w * 3, data=rgb.reshape(-1).copy())
-            for conn in connections:
-                writer.write(conn, stamp, store.serialize_cdr(msg, Img.__msgtype__))
+    stamps = [5_000_000_000 + i * 100_000_000 for i in range(len(images))]  # 10 Hz
+    write_image_bag(path, [(topic, stamp, rgb, "rgb8") for rgb, stamp in zip(images, stamps)
+                           for topic in topics])
 
 
 @pytest.fixture(scope="module")

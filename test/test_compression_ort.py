@@ -30,6 +30,7 @@ from robot_vision_ros.core.perception import PerceptionPipeline
 from robot_vision_ros.core.pipeline import EncoderPipeline
 from robot_vision_ros.models.registry import create_model
 
+from bag_writer import write_image_bag
 from conftest import asset_path
 
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -98,31 +99,14 @@ def test_prune_and_int8_are_allowed_with_onnxruntime_but_heads_need_int8() -> No
 
 # -- calibration from a ROS 2 bag ----------------------------------------------------------
 def _write_bag(path: Path, images: List[np.ndarray], topics=("/cam/color/image_raw",)) -> None:
-    from rosbags.rosbag2 import Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    Image = store.types["sensor_msgs/msg/Image"]
-    Header = store.types["std_msgs/msg/Header"]
-    Time = store.types["builtin_interfaces/msg/Time"]
-    with Writer(path, version=8) as writer:
-        connections = [writer.add_connection(t, Image.__msgtype__, typestore=store)
-                       for t in topics]
-        depth = writer.add_connection("/cam/depth/image_raw", Image.__msgtype__,
-                                      typestore=store)
-        for i, rgb in enumerate(images):
-            stamp = 1_000_000_000 + i * 100_000_000
-            header = Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9),
-                            frame_id="cam")
-            h, w = rgb.shape[:2]
-            for conn in connections:
-                msg = Image(header=header, height=h, width=w, encoding="rgb8",
-                            is_bigendian=0, step=w * 3, data=rgb.reshape(-1).copy())
-                writer.write(conn, stamp, store.serialize_cdr(msg, Image.__msgtype__))
-            depth_msg = Image(header=header, height=h, width=w, encoding="16UC1",
-                              is_bigendian=0, step=w * 2,
-                              data=np.full(h * w * 2, 7, np.uint8))
-            writer.write(depth, stamp, store.serialize_cdr(depth_msg, Image.__msgtype__))
+    """Colour topics plus a constant 16UC1 depth topic (which calibration must skip)."""
+    messages = []
+    for i, rgb in enumerate(images):
+        stamp = 1_000_000_000 + i * 100_000_000
+        messages += [(topic, stamp, rgb, "rgb8") for topic in topics]
+        messages.append(("/cam/depth/image_raw", stamp,
+                         np.full(rgb.shape[:2], 1799, np.uint16), "16UC1"))
+    write_image_bag(path, messages)
 
 
 def test_calibration_frames_from_a_ros2_bag(tmp_path: Path) -> None:

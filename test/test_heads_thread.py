@@ -47,8 +47,6 @@ def test_cadence_counts_processed_frames_not_calls():
             ran.append(index)
         cadence.end_frame()
     assert ran == [1, 4, 7, 10]
-    assert cadence.cost_ms("depth") == pytest.approx(10.0)
-    assert np.isnan(cadence.cost_ms("detection"))
 
 
 def test_cadence_restarts_when_the_index_goes_back_and_on_reset():

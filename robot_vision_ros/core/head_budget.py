@@ -115,11 +115,6 @@ class HeadScheduler:
                 self._since_run[head] += 1
         self._frame_start = None
 
-    def cost_ms(self, head: str) -> float:
-        """Moving average of the head's cost (NaN before its first run)."""
-        cost = self._cost_s[head]
-        return float("nan") if cost is None else cost * 1e3
-
 
 class HeadCadence:
     """``every_n`` by processed-frame index, for heads on their own thread.
@@ -129,14 +124,12 @@ class HeadCadence:
     is due when ``every_n`` processed frames have passed since it last ran.
     There is no time budget: heads on their own thread never hold up features.
     Same call order as :class:`HeadScheduler`: ``start_frame(index)``,
-    ``should_run``/``ran``, ``end_frame``.
+    ``should_run``/``ran``, ``end_frame``. The heads' costs are not needed to
+    decide; the heads thread reports them (``heads_ms``).
     """
-
-    ALPHA = HeadScheduler.ALPHA
 
     def __init__(self, every_n: Dict[str, int]) -> None:
         self._every_n: Dict[str, int] = {}
-        self._cost_s: Dict[str, Optional[float]] = {h: None for h in HEADS}
         self.configure(every_n)
         self.reset()
 
@@ -162,13 +155,9 @@ class HeadCadence:
         return self.due(head)
 
     def ran(self, head: str, seconds: float) -> None:
-        old = self._cost_s[head]
-        self._cost_s[head] = seconds if old is None else old + self.ALPHA * (seconds - old)
+        """Record that ``head`` ran on this frame (``seconds``: the policy interface's)."""
+        del seconds
         self._last_index[head] = self._index
 
     def end_frame(self) -> None:
         """Nothing to settle: kept for the same call order as HeadScheduler."""
-
-    def cost_ms(self, head: str) -> float:
-        cost = self._cost_s[head]
-        return float("nan") if cost is None else cost * 1e3

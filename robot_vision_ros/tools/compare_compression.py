@@ -31,7 +31,8 @@ from ..compression.apply import compress, split_frames
 from ..compression.calibration import load_calibration_frames
 from ..compression.fidelity import feature_fidelity
 from ..compression.prune import parameter_count
-from ..core.errors import ConfigError, VisionError
+from ..core.errors import ConfigError
+from .cli import run_guarded
 from ..models.registry import create_model
 
 #: Tool mode -> (compress mode, options).
@@ -258,14 +259,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        rows = run(args)
-    except ConfigError as exc:
-        print(f"compare_compression: error: {exc}", file=sys.stderr)
-        return 2
-    except VisionError as exc:
-        print(f"compare_compression: error: {exc}", file=sys.stderr)
-        return 1
+    status, rows = run_guarded("compare_compression", lambda: run(args))
+    if status:
+        return status
     print(format_table(rows))
     document = json.dumps({"threads": torch.get_num_threads(), "size": args.size,
                            "rows": rows}, indent=1, default=str)

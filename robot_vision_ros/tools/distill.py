@@ -55,7 +55,8 @@ from ..compression.distill import (GRID_ENCODERS, PHOTO_VIEWS, augment, both_hav
                                    holdout_fidelity, is_grid_encoder, photo_views,
                                    recalibrate_batchnorm, teacher_mean_feature, train_step)
 from ..compression.fidelity import eval_mode, run_batched
-from ..core.errors import ConfigError, VisionError
+from ..core.errors import ConfigError
+from .cli import run_guarded
 from ..models.encoders.base import VisionEncoder
 from ..models.registry import create_model
 from ..models.weights import load_checkpoint
@@ -539,15 +540,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        run(args)
-    except ConfigError as exc:
-        print(f"distill: error: {exc}", file=sys.stderr)
-        return 2
-    except VisionError as exc:
-        print(f"distill: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    status, _ = run_guarded("distill", lambda: run(args))
+    return status
 
 
 if __name__ == "__main__":
