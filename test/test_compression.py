@@ -170,10 +170,49 @@ def test_structured_pruning_makes_a_smaller_model_with_the_same_width(name: str,
     assert out.tokens.shape[-1] == dim
 
 
-def test_structured_pruning_rejects_a_vit() -> None:
-    with pytest.raises(ConfigError, match="structured pruning supports the CNN encoders"):
-        prune_structured(create_model("vit_tiny", output_dim=0), 0.3,
-                         torch.randn(1, 3, 32, 32))
+def test_structured_pruning_narrows_vit_heads_and_mlps_only() -> None:
+    torch.manual_seed(0)
+    model = create_model("vit_tiny", output_dim=0).eval()
+    x = torch.randn(2, 3, 64, 96)  # not the native 224: position embeddings are resampled
+    pruned = prune_structured(model, 0.5, x[:1])
+    for before, after in zip(model.blocks, pruned.blocks):
+        head_width = before.attn.qkv.out_features // 3 // before.attn.num_heads
+        assert after.attn.num_heads == before.attn.num_heads
+        assert after.attn.qkv.out_features == 3 * after.attn.num_heads * head_width // 2
+        assert after.attn.proj.in_features == after.attn.qkv.out_features // 3
+        assert after.attn.proj.out_features == before.attn.proj.out_features  # residual width
+        assert after.mlp.fc1.out_features == before.mlp.fc1.out_features // 2
+        assert after.mlp.fc2.in_features == after.mlp.fc1.out_features
+    assert pruned.pos_embed.shape == model.pos_embed.shape
+    assert parameter_count(pruned) < 0.6 * parameter_count(model)
+    with torch.no_grad():
+        assert pruned(x).shape == (2, model.output_dim)
+        assert pruned.logits(x).shape == (2, 1000)
+        maps = pruned.get_attention_maps(x)  # the explicit-softmax path agrees with SDPA's
+        assert maps[0].shape[1] == model.blocks[0].attn.num_heads
+        assert pruned.encode(x).tokens.shape == (2, 24, model.output_dim)
+    assert all(isinstance(b.attn.qkv, nn.Linear) for b in model.blocks)  # original untouched
+    assert model.blocks[0].mlp.fc1.out_features == 4 * 192
+
+
+def test_vit_attention_uses_the_original_scale_after_pruning() -> None:
+    torch.manual_seed(0)
+    model = create_model("vit_tiny", output_dim=0).eval()
+    pruned = prune_structured(model, 0.25, torch.randn(1, 3, 32, 32))
+    block = pruned.blocks[0]
+    tokens = torch.randn(1, 5, 192)
+    with torch.no_grad():
+        fused, _ = block.attn(tokens)
+        explicit, attention = block.attn(tokens, return_attention=True)
+    assert block.attn.scale == pytest.approx(64 ** -0.5)  # not 48 ** -0.5
+    assert torch.allclose(fused, explicit, atol=1e-5) and attention is not None
+
+
+def test_structured_pruning_rejects_an_unsupported_encoder() -> None:
+    with pytest.raises(ConfigError, match="structured pruning supports the CNN encoders .* "
+                                          "and VisionTransformer, not"):
+        prune_structured(create_model("resnet18_fpn", output_dim=0), 0.3,
+                         torch.randn(1, 3, 64, 64))
 
 
 # -- INT8 -----------------------------------------------------------------------

@@ -7,13 +7,16 @@
   (Fang et al. 2023, DepGraph), which follows the dependencies (residual adds,
   depthwise convs, BatchNorm, squeeze-excitation) and rebuilds every affected
   layer narrower: fewer parameters, fewer FLOPs, faster on any backend.
-  Fidelity drops; :func:`finetune_distill` recovers part of it.
+  For a ViT it narrows every attention head (the same dimensions of q, k and
+  v) and the hidden layer of every MLP; the residual width, the token count
+  and the head count stay. Fidelity drops; :func:`finetune_distill` recovers
+  part of it.
 """
 from __future__ import annotations
 
 import copy
 import random
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -21,6 +24,7 @@ from torch.nn.utils import prune as torch_prune
 
 from ..core.errors import ConfigError, ModelError
 from ..models.encoders.base import VisionEncoder
+from ..models.encoders.vit import VisionTransformer
 from .distill import freeze_batchnorm, train_step
 from .fidelity import logits_fn
 from .quantize import GRID_ENCODERS, classifier_head
@@ -80,6 +84,22 @@ def default_ignored_layers(model: VisionEncoder) -> List[nn.Module]:
     return ignored
 
 
+def vit_pruning_plan(model: VisionTransformer) -> Tuple[List[nn.Module], Dict[nn.Module, int]]:
+    """``(ignored layers, {qkv: num_heads})`` for structured pruning of a ViT.
+
+    Kept whole: every layer writing the residual stream (patch embedding,
+    attention output projection, MLP ``fc2``) and the classifier/projection, so
+    only the head dimensions (through ``qkv``, head by head) and the MLP hidden
+    units shrink; ``Attention`` takes its head width from ``qkv``.
+    """
+    ignored: List[nn.Module] = [model.patch_embed.proj]
+    for block in model.blocks:
+        ignored += [block.attn.proj, block.mlp.fc2]
+    for module in (model.head, model.proj):
+        ignored += [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return ignored, {block.attn.qkv: block.attn.num_heads for block in model.blocks}
+
+
 def _import_torch_pruning():
     try:
         import torch_pruning
@@ -101,20 +121,33 @@ def prune_structured(model: VisionEncoder, amount: float, example_input: torch.T
     result is a genuinely smaller model with the same ``forward``/``encode``/
     ``logits`` and output width. ``round_to`` keeps channel counts multiples
     of 8 (SIMD-friendly: odd widths can make oneDNN slower than the unpruned
-    model); ``None`` prunes the exact fraction. Only grid CNN encoders are supported.
+    model); ``None`` prunes the exact fraction. Grid CNN encoders lose
+    channels; a ViT (:func:`vit_pruning_plan`) loses ``amount`` of each head's
+    dimensions and of each MLP's hidden units.
     """
     amount = _check_amount(amount)
-    if not isinstance(model, GRID_ENCODERS):
+    is_vit = isinstance(model, VisionTransformer)
+    if not (is_vit or isinstance(model, GRID_ENCODERS)):
         raise ConfigError(f"structured pruning supports the CNN encoders "
-                          f"({', '.join(t.__name__ for t in GRID_ENCODERS)}), not "
-                          f"{type(model).__name__} '{getattr(model, 'name', '')}'")
+                          f"({', '.join(t.__name__ for t in GRID_ENCODERS)}) and "
+                          f"VisionTransformer, not {type(model).__name__} "
+                          f"'{getattr(model, 'name', '')}'")
     tp = _import_torch_pruning()
     # Map the caller's modules onto the copy by name before copying.
     names = {id(m): n for n, m in model.named_modules()}
     extra = [names[id(m)] for m in (ignored_layers or ()) if id(m) in names]
     pruned = copy.deepcopy(model).cpu().eval()
     modules = dict(pruned.named_modules())
-    ignored = default_ignored_layers(pruned) + [modules[n] for n in extra]
+    head_options: Dict[str, object] = {}
+    if is_vit:
+        ignored, num_heads = vit_pruning_plan(pruned)
+        head_options = {"num_heads": num_heads, "prune_head_dims": True,
+                        "prune_num_heads": False,
+                        # channel dim of the token parameters (the residual width: kept)
+                        "unwrapped_parameters": [(pruned.cls_token, 2), (pruned.pos_embed, 2)]}
+    else:
+        ignored = default_ignored_layers(pruned)
+    ignored = ignored + [modules[n] for n in extra]
     has_logits = logits_fn(pruned) is not None
 
     def forward_fn(net: nn.Module, x: torch.Tensor):
@@ -126,7 +159,7 @@ def prune_structured(model: VisionEncoder, amount: float, example_input: torch.T
         pruner = tp.pruner.MetaPruner(
             pruned, example_input, importance=tp.importance.MagnitudeImportance(p=1),
             pruning_ratio=amount, ignored_layers=ignored, global_pruning=False,
-            forward_fn=forward_fn, round_to=round_to)
+            forward_fn=forward_fn, round_to=round_to, **head_options)
         pruner.step()
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:
         raise ModelError(f"structured pruning of '{pruned.name}' failed: "

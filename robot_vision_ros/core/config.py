@@ -108,7 +108,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "zeroes weights: no speed-up on dense kernels).",
               choices=("structured", "unstructured")),
     ParamSpec("compression.prune_amount", 0.3,
-              "Fraction of channels (structured) or weights (unstructured) pruned.",
+              "Fraction of channels (structured; for a ViT: of each head's dimensions "
+              "and each MLP's hidden units) or of weights (unstructured) pruned.",
               min=0.01, max=0.95),
     ParamSpec("compression.finetune_steps", 0,
               "Feature-matching fine-tune steps on the calibration frames after pruning.",

@@ -4,7 +4,8 @@
 mobilenet_v3_small --data FRAMES [--teacher-weights W] [--student-weights W]
 [--epochs N] [--batch 16] [--size 224] [--lr 1e-3] [--schedule cosine]
 [--centred-weight 1] [--kl-weight 1] [--temperature 4] [--token-weight W]
-[--token-centre batch|none] [--no-bn-recalibration]
+[--token-centre batch|none] [--mix none|cutmix|mixup] [--mix-prob P]
+[--refit-adapter] [--no-bn-recalibration]
 [--out student.pt] [--resume] [--holdout 0.2] [--holdout-split spread|tail]
 [--eval-data skimage|PATH ...] [--json PATH]``
 
@@ -26,6 +27,14 @@ frames flatter the student) and on every ``--eval-data`` source, which the
 student never trains on: ``skimage`` (the colour photos that ship with
 scikit-image, each in fixed crops/mirrors) or anything ``--data`` accepts.
 The last line printed is a JSON summary (also written to ``--json``).
+
+``--mix cutmix`` (or ``mixup``) shows both networks frames mixed with each
+other, so the student learns the teacher on images it would never see in the
+recording (:func:`~robot_vision_ros.compression.distill.mix_batch`).
+``--refit-adapter`` replaces the student's projection after the last epoch by
+the closed-form ridge fit on the unaugmented training frames
+(:mod:`robot_vision_ros.compression.adapter`); the summary then has the
+held-out figures before and after.
 
 After every epoch the student's BatchNorm statistics are re-estimated on
 unaugmented training frames (see
@@ -50,9 +59,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..compression.adapter import refit_adapter
 from ..compression.calibration import even_indices, normalise_frames, read_frames
-from ..compression.distill import (GRID_ENCODERS, PHOTO_VIEWS, augment, both_have_logits,
-                                   holdout_fidelity, is_grid_encoder, photo_views,
+from ..compression.distill import (GRID_ENCODERS, MIX_MODES, PHOTO_VIEWS, augment,
+                                   both_have_logits, holdout_fidelity, is_grid_encoder,
+                                   mix_batch, photo_views,
                                    recalibrate_batchnorm, teacher_mean_feature, train_step)
 from ..compression.fidelity import eval_mode, run_batched
 from ..core.errors import ConfigError
@@ -126,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch (also match tokens after removing the teacher's mean token "
                         "of each grid position over the batch, weighted by --centred-weight) "
                         "or none")
+    p.add_argument("--mix", default="none",
+                   help="mix training frames with each other: none, cutmix (a box of another "
+                        "frame pasted at the same place) or mixup (a blend); the teacher sees "
+                        "the same mixed image")
+    p.add_argument("--mix-prob", type=float, default=0.5,
+                   help="probability that a training frame is mixed with another (--mix)")
+    p.add_argument("--refit-adapter", action="store_true",
+                   help="after the last epoch, replace the student's projection by the "
+                        "closed-form ridge fit to the teacher's features on the unaugmented "
+                        "training frames (ridge chosen on their last 20%%)")
     p.add_argument("--no-bn-recalibration", action="store_true",
                    help="keep the student's BatchNorm running statistics from training "
                         "instead of re-estimating them on unaugmented frames each epoch")
@@ -165,6 +186,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.token_centre not in TOKEN_CENTRES:
         raise ConfigError(f"--token-centre must be one of {', '.join(TOKEN_CENTRES)}, "
                           f"got '{args.token_centre}'")
+    if args.mix not in MIX_MODES:
+        raise ConfigError(f"--mix must be one of {', '.join(MIX_MODES)}, got '{args.mix}'")
+    if not 0.0 <= args.mix_prob <= 1.0:
+        raise ConfigError(f"--mix-prob must be in [0, 1], got {args.mix_prob}")
     for source in args.eval_data:
         if source != SKIMAGE_KEYWORD and not Path(source).expanduser().exists():
             raise ConfigError(f"--eval-data {source} is neither '{SKIMAGE_KEYWORD}' nor an "
@@ -404,6 +429,7 @@ def _train_epoch(args: argparse.Namespace, epoch: int, student: VisionEncoder,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(args, epoch * n_batches + step, n_batches * args.epochs)
         batch = augment(train_frames[index], (args.size, args.size), mean, std, rng)
+        batch = mix_batch(batch, args.mix, args.mix_prob, rng)
         parts = train_step(student, teacher, batch, optimizer, args.temperature, use_logits,
                            teacher_mean=teacher_mean, centred_weight=args.centred_weight,
                            kl_weight=args.kl_weight, token_weight=args.token_weight,
@@ -470,6 +496,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         _save(out, {"state_dict": student.state_dict(), "optimizer": optimizer.state_dict(),
                     "epoch": epoch + 1, "history": history, "meta": meta})
         print(_epoch_line(record, args.epochs), flush=True)
+    if args.refit_adapter:
+        history.append(_refit(args, student, teacher, train_frames, held_frames, held_teacher,
+                              eval_sets, eval_teacher))
+        _save(out, {"state_dict": student.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": args.epochs, "history": history, "meta": meta})
     print(f"wrote {out}: use backbone: {args.student}, output_dim: {meta['output_dim']}, "
           f"weights: {out}", flush=True)
     summary = _summary(args, meta, history, eval_sets, len(train_frames), len(held_frames),
@@ -482,6 +513,35 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     print(line, flush=True)
     return {"out": out, "epoch": args.epochs, "history": history,
             "output_dim": meta["output_dim"], "summary": summary}
+
+
+def _refit(args: argparse.Namespace, student: VisionEncoder, teacher: VisionEncoder,
+           train_frames: torch.Tensor, held_frames: torch.Tensor,
+           held_teacher: Optional[torch.Tensor], eval_sets: Dict[str, Tuple[torch.Tensor, str]],
+           eval_teacher: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    """Refit the student's projection in closed form (``--refit-adapter``); its record."""
+    started = time.perf_counter()
+    mean = torch.tensor(student.mean).view(1, 3, 1, 1)
+    std = torch.tensor(student.std).view(1, 3, 1, 1)
+    ordered = (train_frames.float() / 255.0)
+    ordered = F.interpolate(ordered, size=(args.size, args.size), mode="bilinear",
+                            align_corners=False, antialias=True)
+    ordered = (ordered - mean) / std
+    fit = refit_adapter(student, ordered, _teacher_features(teacher, ordered))
+    record: Dict[str, Any] = {"epoch": args.epochs, "refit_ridge": fit.ridge,
+                              "refit_validation": fit.validation,
+                              "refit_candidates": {f"{k:g}": v for k, v in
+                                                   fit.candidates.items()},
+                              "refit_frames": fit.frames}
+    record.update(holdout_fidelity(student, teacher, held_frames, held_teacher))
+    record["eval"] = {name: holdout_fidelity(student, teacher, frames, eval_teacher[name])
+                      for name, (frames, _) in eval_sets.items()}
+    record["seconds"] = time.perf_counter() - started
+    print(f"adapter refit on {fit.frames} unaugmented training frames: ridge {fit.ridge:g} "
+          f"(validation centred_cosine {fit.validation['centred_cosine']:.4f}, linear_cka "
+          f"{fit.validation['linear_cka']:.4f} on their last 20%)", flush=True)
+    print(f"after refit: {_fidelity_line(record)} {record['seconds']:.1f}s", flush=True)
+    return record
 
 
 def _fidelity_keys(record: Dict[str, Any]) -> Dict[str, float]:
@@ -501,10 +561,14 @@ def _summary(args: argparse.Namespace, meta: Dict[str, Any], history: List[Dict[
         "batch": args.batch, "lr": args.lr, "schedule": args.schedule,
         "centred_weight": args.centred_weight, "kl_weight": args.kl_weight,
         "token_weight": args.token_weight, "token_centre": args.token_centre,
+        "mix": args.mix, "mix_prob": args.mix_prob,
         "temperature": args.temperature, "data": args.data,
         "bn_recalibration": not args.no_bn_recalibration,
         "train_frames": n_train, "holdout_frames": n_held, "holdout_split": args.holdout_split,
         "holdout": _fidelity_keys(last),
+        "adapter_refit": ({"ridge": last["refit_ridge"], "validation": last["refit_validation"],
+                           "before": _fidelity_keys(history[-2]) if len(history) > 1 else {}}
+                          if "refit_ridge" in last else None),
         "eval": {name: {"images": len(frames), "what": note,
                         **_fidelity_keys(last.get("eval", {}).get(name, {}))}
                  for name, (frames, note) in eval_sets.items()},
@@ -521,6 +585,12 @@ def _epoch_line(record: Dict[str, Any], epochs: int) -> str:
                 if "token_cosine" in record else "")
              + (f", 1-ccos {record['token_centred']:.4f}" if "token_centred" in record else "")
              + ")"]
+    return " ".join(parts + [_fidelity_line(record), f"{record['seconds']:.1f}s"])
+
+
+def _fidelity_line(record: Dict[str, Any]) -> str:
+    """The held-out and eval-set figures of one history record."""
+    parts = []
     if "linear_cka" in record:
         parts.append(f"held-out centred_cosine {record.get('centred_cosine', float('nan')):.4f} "
                      f"linear_cka {record['linear_cka']:.4f} "
@@ -531,7 +601,6 @@ def _epoch_line(record: Dict[str, Any], epochs: int) -> str:
                          f"{figures.get('centred_cosine', float('nan')):.4f} linear_cka "
                          f"{figures['linear_cka']:.4f} cosine "
                          f"{figures.get('plain_cosine', float('nan')):.4f}")
-    parts.append(f"{record['seconds']:.1f}s")
     return " ".join(parts)
 
 

@@ -85,16 +85,17 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+        b, n, _ = x.shape
+        # Head width from qkv, not from x: structured pruning may narrow the heads.
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         attention = None
         if return_attention:
             attention = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             out = attention @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c)), attention
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1)), attention
 
 
 class Mlp(nn.Module):
