@@ -140,4 +140,11 @@ def test_tool_rejects_bad_mix_options(asset, tmp_path: Path, capsys) -> None:
     assert "--mix must be one of none, cutmix, mixup, got 'mosaic'" in capsys.readouterr().err
     assert distill_tool.main(common + ["--mix-prob", "-0.1"]) == 2
     assert "--mix-prob must be in [0, 1], got -0.1" in capsys.readouterr().err
+    # refused before any training: 4 frames leave no 2 + 2 to fit and choose the ridge on
+    assert distill_tool.main(common + ["--holdout", "0", "--refit-adapter"]) == 2
+    assert "at least 2 fitting and 2 validation frames, got 4" in capsys.readouterr().err
+    # a student of the teacher's own width has no projection to refit
+    same_width = ["--teacher", "resnet18", "--student", "resnet18"] + common[4:]
+    assert distill_tool.main(same_width + ["--holdout", "0", "--refit-adapter"]) == 2
+    assert "has no linear projection to refit" in capsys.readouterr().err
     assert not (tmp_path / "s.pt").exists()

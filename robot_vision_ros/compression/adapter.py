@@ -35,6 +35,36 @@ class AdapterFit:
     frames: int = 0
 
 
+def _linear_proj(model: nn.Module) -> nn.Linear:
+    proj = getattr(model, "proj", None)
+    if not isinstance(proj, nn.Linear):
+        raise ConfigError(f"{type(model).__name__} has no linear projection to refit (built "
+                          f"with output_dim 0 or the teacher's width); the refit needs a "
+                          f"student whose output_dim differs from its native width")
+    return proj
+
+
+def validation_count(frame_count: int, validation_fraction: float = 0.2) -> int:
+    """Frames of ``frame_count`` the ridge is chosen on; ConfigError if too few to fit."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ConfigError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    n_val = int(round(frame_count * validation_fraction))
+    if n_val < 2 or frame_count - n_val < 2:
+        raise ConfigError(f"refit_adapter needs at least 2 fitting and 2 validation frames, "
+                          f"got {frame_count} frames")
+    return n_val
+
+
+def check_refittable(model: nn.Module, frame_count: int,
+                     validation_fraction: float = 0.2) -> None:
+    """ConfigError unless :func:`refit_adapter` can work on ``model`` with that many frames.
+
+    For callers that train first: they learn it before, not after, the training.
+    """
+    _linear_proj(model)
+    validation_count(frame_count, validation_fraction)
+
+
 def native_pooled(model: nn.Module, frames: torch.Tensor) -> torch.Tensor:
     """``[N, C]`` pooled vectors entering ``model.proj`` (eval mode, no gradients).
 
@@ -42,11 +72,7 @@ def native_pooled(model: nn.Module, frames: torch.Tensor) -> torch.Tensor:
     the shared interface: ``encode`` projects the pooled ``[B, C]`` vector and
     the ``[B, N, C]`` tokens; only the 2-D input is the pooled one.
     """
-    proj = getattr(model, "proj", None)
-    if not isinstance(proj, nn.Linear):
-        raise ConfigError(f"{type(model).__name__} has no linear projection to refit (built "
-                          f"with output_dim 0 or the teacher's width); the refit needs a "
-                          f"student whose output_dim differs from its native width")
+    proj = _linear_proj(model)
     captured: List[torch.Tensor] = []
 
     def grab(_module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
@@ -105,12 +131,7 @@ def refit_adapter(student: nn.Module, frames: torch.Tensor, teacher_features: to
                           f"{len(teacher_features)} teacher features")
     if not ridges:
         raise ConfigError("refit_adapter needs at least one ridge strength")
-    if not 0.0 < validation_fraction < 1.0:
-        raise ConfigError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    n_val = int(round(len(frames) * validation_fraction))
-    if n_val < 2 or len(frames) - n_val < 2:
-        raise ConfigError(f"refit_adapter needs at least 2 fitting and 2 validation frames, "
-                          f"got {len(frames)} frames")
+    n_val = validation_count(len(frames), validation_fraction)
     native = native_pooled(student, frames)
     target = teacher_features.float()
     fit_x, fit_y = native[:-n_val], target[:-n_val]

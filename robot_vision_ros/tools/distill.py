@@ -59,7 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..compression.adapter import refit_adapter
+from ..compression.adapter import check_refittable, refit_adapter
 from ..compression.calibration import even_indices, normalise_frames, read_frames
 from ..compression.distill import (GRID_ENCODERS, MIX_MODES, PHOTO_VIEWS, augment,
                                    both_have_logits, holdout_fidelity, is_grid_encoder,
@@ -451,6 +451,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(args.seed)
     teacher, student = build_models(args)
     train_frames, held_frames = load_data(args)
+    if args.refit_adapter:
+        check_refittable(student, len(train_frames))
     eval_sets = load_eval_sets(args)
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
