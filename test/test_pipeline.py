@@ -145,6 +145,21 @@ def test_compression_below_the_fidelity_floor_refuses_with_the_figure(asset):
     assert "fidelity cosine = 0." in str(err.value)
 
 
+def test_structured_pruning_of_a_vit_through_the_pipeline(asset):
+    video = str(asset("vtest.avi"))
+    pipe = _pipeline(backbone="vit_tiny", input_size=[64, 64], **{
+        "compression.mode": "prune", "compression.prune_method": "structured",
+        "compression.prune_amount": 0.5, "compression.calibration": video,
+        "compression.calibration_frames": 8, "compression.min_fidelity": 0.0})
+    details = pipe.compression
+    assert details["method"] == "structured" and details["amount"] == 0.5
+    assert details["parameters_after"] < 0.6 * details["parameters_before"]
+    assert 0.0 <= details["guard"]["value"] <= 1.0 + 1e-6  # measured, not assumed
+    frame = RgbdFrame(rgb=np.zeros((120, 160, 3), np.uint8), stamp_ns=1)
+    result = pipe.process(frame)
+    assert result.pooled.shape == (32,) and np.isfinite(result.pooled).all()
+
+
 def test_compression_guard_needs_calibration_frames():
     with pytest.raises(ConfigError, match="needs compression.calibration"):
         _pipeline(**{"compression.mode": "int8"})
