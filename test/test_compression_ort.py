@@ -367,3 +367,23 @@ def test_node_live_calibration_below_the_floor_deactivates_itself(ros) -> None:
             assert node.poll() is None, "the node must not crash"
     finally:
         probe.destroy_node()
+
+
+def test_structured_pruned_vit_exports_to_onnxruntime_and_matches_torch() -> None:
+    # Pruning narrows the heads; the ONNX graph must keep the original attention scale.
+    import onnxruntime as ort
+
+    from robot_vision_ros.compression.prune import prune_structured
+    from robot_vision_ros.core.backends import export_encoder_onnx
+
+    torch.manual_seed(0)
+    model = create_model("vit_tiny", output_dim=0).eval()
+    pruned = prune_structured(model, 0.5, torch.randn(1, 3, 224, 224))
+    onnx_bytes, _, _ = export_encoder_onnx(pruned, (224, 224))
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    image = torch.randn(1, 3, 224, 224)
+    pooled = session.run(["pooled"], {"image": image.numpy()})[0]
+    with torch.no_grad():
+        expected = pruned(image).numpy()
+    assert pooled.shape == expected.shape == (1, 192)
+    assert np.allclose(pooled, expected, atol=1e-4, rtol=1e-3)
