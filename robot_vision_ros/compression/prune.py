@@ -74,14 +74,14 @@ def default_ignored_layers(model: VisionEncoder) -> List[nn.Module]:
     dependency graph then also keeps every layer tied to it, e.g. ResNet's last
     residual chain), the projection ``proj`` and the classifier.
     """
-    ignored: List[nn.Module] = []
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if convs:
-        ignored.append(convs[-1])
-    for module in (getattr(model, "proj", None), classifier_head(model)):
-        if module is not None:
-            ignored += [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    return ignored
+    return convs[-1:] + _weight_layers(getattr(model, "proj", None), classifier_head(model))
+
+
+def _weight_layers(*modules: Optional[nn.Module]) -> List[nn.Module]:
+    """Every Linear and Conv2d inside ``modules`` (None entries skipped)."""
+    return [m for module in modules if module is not None for m in module.modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
 def vit_pruning_plan(model: VisionTransformer) -> Tuple[List[nn.Module], Dict[nn.Module, int]]:
@@ -95,8 +95,7 @@ def vit_pruning_plan(model: VisionTransformer) -> Tuple[List[nn.Module], Dict[nn
     ignored: List[nn.Module] = [model.patch_embed.proj]
     for block in model.blocks:
         ignored += [block.attn.proj, block.mlp.fc2]
-    for module in (model.head, model.proj):
-        ignored += [m for m in module.modules() if isinstance(m, nn.Linear)]
+    ignored += _weight_layers(model.head, model.proj)
     return ignored, {block.attn.qkv: block.attn.num_heads for block in model.blocks}
 
 

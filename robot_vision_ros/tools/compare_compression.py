@@ -162,7 +162,7 @@ def compare_backbone(name: str, weights: str, modes: Sequence[str], frames: torc
                                          backend=backend, threads=args.threads)
                 if backend == "onnxruntime":
                     model.onnx_bytes = report.get("onnx_bytes_after")
-        except ConfigError as exc:  # e.g. structured pruning of a ViT: a row saying why
+        except ConfigError as exc:  # e.g. structured pruning of resnet18_fpn: a row saying why
             skipped.append({"backbone": name, "mode": mode, "skipped": str(exc)})
             continue
         fidelity = (feature_fidelity(reference, model, eval_frames)

@@ -401,10 +401,20 @@ def _plain_frames(train_frames: torch.Tensor, size: int, mean: torch.Tensor,
     """
     chosen = torch.tensor(even_indices(len(train_frames), MEAN_FRAMES))
     chosen = chosen[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))]
-    picked = train_frames[chosen].float() / 255.0
-    picked = F.interpolate(picked, size=(size, size), mode="bilinear", align_corners=False,
-                           antialias=True)
-    return (picked - mean) / std
+    return _normalised(train_frames[chosen], size, mean, std)
+
+
+def _normalised(frames_uint8: torch.Tensor, size: int, mean: torch.Tensor,
+                std: torch.Tensor) -> torch.Tensor:
+    """Stored uint8 ``[N, 3, S, S]`` frames, unaugmented, resized to ``size`` and normalised."""
+    frames = F.interpolate(frames_uint8.float() / 255.0, size=(size, size), mode="bilinear",
+                           align_corners=False, antialias=True)
+    return (frames - mean) / std
+
+
+def _mean_std(model: VisionEncoder) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The model's input normalisation as ``[1, 3, 1, 1]`` tensors."""
+    return (torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1))
 
 
 def _teacher_features(teacher: VisionEncoder, frames: torch.Tensor) -> torch.Tensor:
@@ -417,8 +427,7 @@ def _train_epoch(args: argparse.Namespace, epoch: int, student: VisionEncoder,
                  train_frames: torch.Tensor, use_logits: bool,
                  teacher_mean: Optional[torch.Tensor]) -> Dict[str, float]:
     """One pass over the augmented training frames; the loss parts averaged over batches."""
-    mean = torch.tensor(student.mean).view(1, 3, 1, 1)
-    std = torch.tensor(student.std).view(1, 3, 1, 1)
+    mean, std = _mean_std(student)
     rng = random.Random(args.seed * 1000 + epoch)
     generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
     n_batches = -(-len(train_frames) // args.batch)
@@ -464,8 +473,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.resume:
         start_epoch, history = _resume(out, student, optimizer, meta)
     use_logits = both_have_logits(student, teacher) and args.kl_weight > 0
-    mean = torch.tensor(student.mean).view(1, 3, 1, 1)
-    std = torch.tensor(student.std).view(1, 3, 1, 1)
+    mean, std = _mean_std(student)
     # The teacher is frozen: its features of the scored frames are computed once.
     held_teacher = _teacher_features(teacher, held_frames) if len(held_frames) >= 2 else None
     eval_teacher = {name: _teacher_features(teacher, frames)
@@ -523,12 +531,7 @@ def _refit(args: argparse.Namespace, student: VisionEncoder, teacher: VisionEnco
            eval_teacher: Dict[str, torch.Tensor]) -> Dict[str, Any]:
     """Refit the student's projection in closed form (``--refit-adapter``); its record."""
     started = time.perf_counter()
-    mean = torch.tensor(student.mean).view(1, 3, 1, 1)
-    std = torch.tensor(student.std).view(1, 3, 1, 1)
-    ordered = (train_frames.float() / 255.0)
-    ordered = F.interpolate(ordered, size=(args.size, args.size), mode="bilinear",
-                            align_corners=False, antialias=True)
-    ordered = (ordered - mean) / std
+    ordered = _normalised(train_frames, args.size, *_mean_std(student))
     fit = refit_adapter(student, ordered, _teacher_features(teacher, ordered))
     record: Dict[str, Any] = {"epoch": args.epochs, "refit_ridge": fit.ridge,
                               "refit_validation": fit.validation,
