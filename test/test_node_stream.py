@@ -65,22 +65,20 @@ def test_tokens_carry_the_source_frame_stamp_and_the_pooled_row(stream):
     stamps = [stamp_to_ns(m.header.stamp) for m in tokens]
     matched = [s for s in stamps if s in sent]
     assert len(matched) >= len(tokens) // 2, (len(matched), len(tokens))
-    # The probe takes camera_info best effort, so under load it misses some. A token
-    # whose stamp it did not see must then sit in a gap of the camera's stamps (a
-    # missed info message), not between two consecutive frames (a node-made stamp).
+    # A node-made stamp never equals a camera stamp, so the exact matches above are
+    # the evidence. The probe takes camera_info best effort and under load misses
+    # some, in bursts: a token whose stamp it did not see must sit in a gap of the
+    # camera's stamps it did see (missed info messages), not between two consecutive
+    # frames (a node-made stamp). Before the first or after the last info message it
+    # saw, nothing can be told.
     sent_sorted = sorted(sent)
     period_ns = float(np.median(np.diff(sent_sorted)))
-    outside = 0
     for stamp in stamps:
-        if stamp in sent:
-            continue
         i = bisect.bisect(sent_sorted, stamp)
-        if i == 0 or i == len(sent_sorted):
-            outside += 1  # before our subscription's first info message, or after its last
+        if stamp in sent or i == 0 or i == len(sent_sorted):
             continue
         gap_ns = sent_sorted[i] - sent_sorted[i - 1]
         assert gap_ns > 1.25 * period_ns, (stamp, gap_ns, period_ns)
-    assert outside <= 2
     assert all(m.header.frame_id == "camera_color_optical_frame" for m in tokens)
     features, uv, level = pointcloud2_to_feature_table(tokens[-1])
     assert features.shape == (1 + 4 * 4, OUTPUT_DIM)  # pooled + 4x4 grid of layer4 at 128 px
